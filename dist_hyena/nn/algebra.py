@@ -1,0 +1,105 @@
+"""The Clifford algebra Cl(3,0), derived from its generators rather than typed by hand.
+
+Multivectors are stored as 8 coefficients in the blade order
+``[1 | e1 e2 e3 | e12 e13 e23 | e123]`` (grades 0, 1, 2, 3). A blade is represented
+internally by the bitmask of the basis vectors it contains (e1 = 0b001, e2 = 0b010,
+e3 = 0b100), which makes the product of two blades a XOR plus a sign.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+DIM = 3
+# Blade bitmasks in storage order: grade-major, then lexicographic within a grade.
+BLADES: tuple[int, ...] = tuple(
+    sorted(range(2**DIM), key=lambda m: (bin(m).count("1"), [i for i in range(DIM) if m >> i & 1]))
+)
+N_BLADES = len(BLADES)
+GRADES: tuple[int, ...] = tuple(bin(m).count("1") for m in BLADES)
+N_GRADES = DIM + 1
+SCALAR = 0
+VECTOR = slice(1, 4)
+
+
+def _reorder_sign(a: int, b: int) -> int:
+    """Sign of moving the basis vectors of blade ``b`` past those of blade ``a`` into canonical order."""
+    swaps = 0
+    a >>= 1
+    while a:
+        swaps += bin(a & b).count("1")
+        a >>= 1
+    return -1 if swaps % 2 else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _cayley_list() -> tuple[tuple[tuple[int, ...], ...], ...]:
+    index = {m: i for i, m in enumerate(BLADES)}
+    table = [[[0] * N_BLADES for _ in range(N_BLADES)] for _ in range(N_BLADES)]
+    for i, a in enumerate(BLADES):
+        for j, b in enumerate(BLADES):
+            # Euclidean metric: e_k e_k = +1, so only the reordering contributes a sign.
+            table[i][j][index[a ^ b]] = _reorder_sign(a, b)
+    return tuple(tuple(tuple(row) for row in plane) for plane in table)
+
+
+def cayley_table(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """``C[i, j, k]``: the coefficient of blade k in blade_i * blade_j. Shape ``[8, 8, 8]``."""
+    return torch.tensor(_cayley_list(), dtype=dtype, device=device)
+
+
+def grade_index(device=None) -> torch.Tensor:
+    """Grade of each blade, ``[8]`` (long)."""
+    return torch.tensor(GRADES, dtype=torch.long, device=device)
+
+
+def embed(vectors: torch.Tensor | None, scalars: torch.Tensor | None) -> torch.Tensor:
+    """Vectors ``[..., C, 3]`` and scalars ``[..., S]`` -> multivectors ``[..., C + S, 8]``.
+
+    Vector channels come first (blades 1-3), scalar channels after (blade 0).
+    """
+    parts = []
+    if vectors is not None:
+        mv = vectors.new_zeros(*vectors.shape[:-1], N_BLADES)
+        mv[..., VECTOR] = vectors
+        parts.append(mv)
+    if scalars is not None:
+        mv = scalars.new_zeros(*scalars.shape, N_BLADES)
+        mv[..., SCALAR] = scalars
+        parts.append(mv)
+    return torch.cat(parts, dim=-2)
+
+
+def read(mv: torch.Tensor, n_vectors: int, n_scalars: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multivectors ``[..., K, 8]`` -> vectors ``[..., n_vectors, 3]`` from the first channels'
+    blades 1-3, scalars ``[..., n_scalars]`` from the following channels' blade 0."""
+    if mv.shape[-2] < n_vectors + n_scalars:
+        raise ValueError(f"{mv.shape[-2]} multivector channels cannot hold {n_vectors} vectors + {n_scalars} scalars")
+    return mv[..., :n_vectors, VECTOR], mv[..., n_vectors : n_vectors + n_scalars, SCALAR]
+
+
+def geometric_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Full geometric product of multivectors ``[..., 8] x [..., 8] -> [..., 8]``."""
+    return torch.einsum("...i,ijk,...j->...k", a, cayley_table(a.dtype, a.device), b)
+
+
+def orthogonal_action(q: torch.Tensor) -> torch.Tensor:
+    """The 8x8 matrix by which an orthogonal map ``q`` ``[3, 3]`` acts on multivector coefficients.
+
+    A blade e_a e_b ... (distinct, orthonormal factors) maps to the geometric product of the
+    images q e_a, q e_b, ...; those images stay orthonormal, so the product is again a blade.
+    Used to test equivariance of layers on full multivectors.
+    """
+    columns = []
+    for m in BLADES:
+        image = q.new_zeros(N_BLADES)
+        image[SCALAR] = 1
+        for axis in range(DIM):
+            if m >> axis & 1:
+                v = q.new_zeros(N_BLADES)
+                v[VECTOR] = q[:, axis]
+                image = geometric_product(image, v)
+        columns.append(image)
+    return torch.stack(columns, dim=1)
