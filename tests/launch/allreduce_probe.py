@@ -5,8 +5,8 @@ Usage: ``<launcher> tests/launch/allreduce_probe.py OUT_DIR``. Each rank writes
 (rank + 1), which the launcher test compares with world * (world + 1) / 2.
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +16,10 @@ from dist_hyena.runtime import init_distributed, shutdown
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--local_rank", type=int)  # the deepspeed launcher appends it; runtime reads the env
+    out = parser.parse_args().out
     rt = init_distributed(timeout_s=60)
     value = torch.tensor([rt.rank + 1.0], device=rt.device)
     dist.all_reduce(value)
