@@ -14,7 +14,6 @@ from tests.helpers.launch import (
     REPO_ROOT,
     finish,
     free_port,
-    launch_env,
     mpiexec_args,
     probe_reports,
     run_launcher,
