@@ -34,7 +34,7 @@ def _reorder_sign(a: int, b: int) -> int:
     return -1 if swaps % 2 else 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cayley_list() -> tuple[tuple[tuple[int, ...], ...], ...]:
     index = {m: i for i, m in enumerate(BLADES)}
     table = [[[0] * N_BLADES for _ in range(N_BLADES)] for _ in range(N_BLADES)]

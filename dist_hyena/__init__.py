@@ -1,0 +1,7 @@
+"""dist_hyena: distributed long-context training of SE(3)-Hyena."""
+
+from .config import HyenaConfig
+from .model import SE3HyenaModel
+
+__all__ = ["HyenaConfig", "SE3HyenaModel"]
+__version__ = "0.1.0"

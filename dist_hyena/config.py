@@ -1,0 +1,69 @@
+"""Model configuration. The defaults reproduce the paper's n-body model (DESIGN §2.1)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .ops import CONV_MODES
+
+HEADS = ("nbody", "recall")
+MIXERS = ("hyena", "attention")
+SP_STRATEGIES = ("auto", "channels", "fft")
+
+
+@dataclass
+class HyenaConfig:
+    """SE(3)-Hyena hyperparameters.
+
+    Streams between blocks: ``vector_width`` vector channels ``[B, N, Cv, 3]`` and
+    ``scalar_width`` scalars ``[B, N, D]``. Clifford MLPs are ``hidden_width`` multivector
+    channels wide (the gating MLP ``gate_width``). ``position_channels`` are the input vector
+    channels that are positions: the model centres them and adds the centroid back to the
+    predicted positions; other vectors (velocities) are translation-invariant.
+    """
+
+    head: str = "nbody"
+    mixer: str = "hyena"
+    conv_mode: str = "circular"
+    sp_strategy: str = "auto"
+    n_blocks: int = 2
+    vector_in: int = 2
+    scalar_in: int = 1
+    vector_width: int = 1
+    scalar_width: int = 8
+    hidden_width: int = 16
+    gate_width: int = 8
+    mlp_layers: int = 1
+    vector_out: int = 1
+    scalar_out: int = 1
+    position_channels: tuple[int, ...] = field(default=(0,))
+    activation_checkpointing: bool = False
+
+    def __post_init__(self):
+        self.position_channels = tuple(self.position_channels)
+        for name, allowed in (("head", HEADS), ("mixer", MIXERS), ("conv_mode", CONV_MODES),
+                              ("sp_strategy", SP_STRATEGIES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"HyenaConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("n_blocks", "vector_width", "scalar_width", "hidden_width", "gate_width", "mlp_layers",
+                     "vector_out"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"HyenaConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("vector_in", "scalar_in", "scalar_out"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"HyenaConfig.{name} must be a non-negative integer, got {value!r}")
+        if self.vector_in + self.scalar_in == 0:
+            raise ValueError("HyenaConfig needs at least one input channel (vector_in + scalar_in > 0)")
+        bad = [c for c in self.position_channels if not 0 <= c < self.vector_in]
+        if bad:
+            raise ValueError(f"HyenaConfig.position_channels {bad} out of range for vector_in={self.vector_in}")
+        if self.head == "nbody" and not self.position_channels:
+            raise ValueError("the nbody head predicts positions: HyenaConfig.position_channels must name one")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["position_channels"] = list(self.position_channels)
+        return d

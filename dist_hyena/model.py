@@ -1,0 +1,168 @@
+"""SE(3)-Hyena (DESIGN §2.1): operator, block and model with the n-body and recall heads.
+
+Data layout everywhere: vectors ``[B, N, C, 3]``, scalars ``[B, N, D]``; dim 1 is the token
+dim. Under sequence parallelism each rank holds a contiguous block of tokens; the only
+places where tokens meet are the long convolution and the token means (centroid,
+mean-pool), so those are the only places where the mesh appears.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import VectorAttention
+from .config import HyenaConfig
+from .nn import CliffordMLP
+from .nn.algebra import embed, read
+from .ops import circular_conv, cross_conv
+
+
+class LocalConv(nn.Module):
+    """The global context of one process: FFT convolutions over the whole sequence."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, q_eqv, k_eqv, q_inv, k_inv):
+        """``[B, N, C, 3]`` x2, ``[B, N, D]`` x2 -> ``(u_eqv [B, N, C, 3], u_inv [B, N, D])``."""
+        return cross_conv(q_eqv, k_eqv, self.mode), circular_conv(q_inv, k_inv, self.mode)
+
+
+def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
+    if cfg.mixer == "attention":
+        if mesh is not None and mesh.sp > 1:
+            raise ValueError("mixer='attention' is the one-process O(N^2) baseline; "
+                             "sequence parallelism (sp > 1) needs mixer='hyena'")
+        return VectorAttention(cfg.conv_mode)
+    if mesh is None:
+        return LocalConv(cfg.conv_mode)
+    from .parallel import SequenceParallelConv
+
+    return SequenceParallelConv(mesh, cfg.vector_width, cfg.scalar_width, cfg.conv_mode, cfg.sp_strategy)
+
+
+class HyenaOperator(nn.Module):
+    """The paper's Algorithm 1 on the residual stream (vectors ``[B, n, Cv, 3]``, scalars ``[B, n, D]``)."""
+
+    def __init__(self, cfg: HyenaConfig, mesh=None):
+        super().__init__()
+        self.cv, self.d = cfg.vector_width, cfg.scalar_width
+        width = self.cv + self.d
+        self.project_in = CliffordMLP(width, 3 * width, cfg.hidden_width, cfg.mlp_layers)
+        self.gate = CliffordMLP(width, width, cfg.gate_width, cfg.mlp_layers)
+        self.project_out = CliffordMLP(width, width, cfg.hidden_width, cfg.mlp_layers)
+        self.context = _global_context(cfg, mesh)
+
+    def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mv = embed(x, f)
+        vectors, scalars = read(self.project_in(mv), 3 * self.cv, 3 * self.d)
+        q_eqv, k_eqv, v_eqv = vectors.chunk(3, dim=2)
+        q_inv, k_inv, v_inv = scalars.chunk(3, dim=2)
+        if isinstance(self.context, VectorAttention):
+            u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv)
+        else:
+            u_eqv, u_inv = self.context(q_eqv, k_eqv, q_inv, k_inv)
+        # The gates read only the scalar blade, so they are invariant and keep u_eqv equivariant.
+        _, gates = read(self.gate(mv), 0, self.cv + self.d)
+        u_eqv = torch.sigmoid(gates[..., : self.cv, None]) * u_eqv
+        u_inv = torch.sigmoid(gates[..., self.cv :]) * u_inv
+        out = self.project_out(embed(x + torch.linalg.cross(u_eqv, v_eqv, dim=-1), f + u_inv * v_inv))
+        return read(out, self.cv, self.d)
+
+
+class HyenaBlock(nn.Module):
+    """operator -> residual add -> equivariant MLP -> residual add."""
+
+    def __init__(self, cfg: HyenaConfig, mesh=None):
+        super().__init__()
+        self.cv, self.d = cfg.vector_width, cfg.scalar_width
+        self.operator = HyenaOperator(cfg, mesh)
+        self.mlp = CliffordMLP(self.cv + self.d, self.cv + self.d, cfg.hidden_width, cfg.mlp_layers)
+
+    def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dx, df = self.operator(x, f)
+        x, f = x + dx, f + df
+        dx, df = read(self.mlp(embed(x, f)), self.cv, self.d)
+        return x + dx, f + df
+
+
+def _check_inputs(cfg: HyenaConfig, x: torch.Tensor, f: torch.Tensor, dtype: torch.dtype) -> None:
+    if x.dim() != 4 or x.shape[-1] != 3:
+        raise ValueError(f"vector input x must be [B, N, C, 3] (a 3-vector per channel), got shape {tuple(x.shape)}")
+    if x.shape[2] != cfg.vector_in:
+        raise ValueError(f"vector input x has {x.shape[2]} channels, the config says vector_in={cfg.vector_in}")
+    if f.dim() != 3 or f.shape[2] != cfg.scalar_in:
+        raise ValueError(f"scalar input f must be [B, N, {cfg.scalar_in}] (scalar_in), got shape {tuple(f.shape)}")
+    if f.shape[:2] != x.shape[:2]:
+        raise ValueError(f"x and f disagree on [B, N]: {tuple(x.shape[:2])} vs {tuple(f.shape[:2])}")
+    if x.shape[1] == 0:
+        raise ValueError("the input has no tokens (N = 0)")
+    for name, t in (("x", x), ("f", f)):
+        if t.dtype != dtype:
+            raise TypeError(f"input {name} has dtype {t.dtype}, the model's parameters are {dtype}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"input {name} contains NaN or Inf")
+
+
+class SE3HyenaModel(nn.Module):
+    """SE(3)-Hyena: input embedding -> ``n_blocks`` blocks -> head.
+
+    ``forward(x [B, n, vector_in, 3], f [B, n, scalar_in])`` on this rank's token block returns
+    - head ``nbody``:  ``(x_out [B, n, vector_out, 3], f_out [B, n, scalar_out])``, x_out the
+      predicted positions (the input position channel plus a learned equivariant update);
+    - head ``recall``: ``(x_out [B, vector_out, 3], f_out [B, scalar_out])`` from the token mean.
+    With a ``mesh`` (sequence parallelism) the results equal the one-process ones on the block.
+    """
+
+    def __init__(self, cfg: HyenaConfig | None = None, mesh=None):
+        super().__init__()
+        self.cfg = cfg = cfg or HyenaConfig()
+        self.mesh = mesh
+        cv, d = cfg.vector_width, cfg.scalar_width
+        self.embed_in = CliffordMLP(cfg.vector_in + cfg.scalar_in, cv + d, cfg.hidden_width, cfg.mlp_layers)
+        self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
+        self.head = CliffordMLP(cv + d, cfg.vector_out + cfg.scalar_out, cfg.hidden_width, cfg.mlp_layers)
+
+    def _token_mean(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
+        """``[B, n, ...] -> [B, ...]``: the mean over all tokens of the sample, across the SP group."""
+        total = t.sum(dim=1)
+        if self.mesh is not None:
+            from .parallel import sp_all_reduce
+
+            total = sp_all_reduce(total, self.mesh)
+        return total / n_total
+
+    def _n_total(self, n_local: int) -> int:
+        if self.mesh is None:
+            return n_local
+        from .parallel import sp_all_reduce
+
+        return int(sp_all_reduce(torch.tensor([float(n_local)]), self.mesh).item())
+
+    def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        _check_inputs(cfg, x, f, self.head.net[-1].weight.dtype)
+        n_total = self._n_total(x.shape[1])
+        pos = list(cfg.position_channels)
+        centroid = None
+        if pos:
+            centroid = self._token_mean(x[:, :, pos], n_total)  # [B, P, 3]
+            shift = torch.zeros_like(x)
+            shift[:, :, pos] = centroid[:, None]
+            x = x - shift
+        h_x, h_f = read(self.embed_in(embed(x, f)), cfg.vector_width, cfg.scalar_width)
+        for block in self.blocks:
+            if cfg.activation_checkpointing and self.training:
+                h_x, h_f = checkpoint(block, h_x, h_f, use_reentrant=False)
+            else:
+                h_x, h_f = block(h_x, h_f)
+        if cfg.head == "recall":
+            h_x, h_f = self._token_mean(h_x, n_total)[:, None], self._token_mean(h_f, n_total)[:, None]
+        out_x, out_f = read(self.head(embed(h_x, h_f)), cfg.vector_out, cfg.scalar_out)
+        if cfg.head == "recall":
+            return out_x[:, 0], out_f[:, 0]
+        # Predicted positions: the (centred) input position plus the update, moved back by the centroid.
+        return out_x + (x[:, :, pos[0]] + centroid[:, None, 0])[:, :, None], out_f
