@@ -18,7 +18,6 @@ import yaml
 
 from dist_hyena.config import HyenaConfig
 
-
 # The repository's configs/ (this file is dist_hyena/train/config.py).
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 
