@@ -66,6 +66,7 @@ class TrainSection:
     steps: int = 200  # optimizer steps
     batch_size: int = 16  # samples per optimizer step, over all data-parallel ranks
     grad_accum: int = 1  # micro-batches per optimizer step
+    stop_at: int = 0  # end this job after that step, with a checkpoint (a time-limited job); 0: at steps
     deepspeed: str = "deepspeed/zero1.json"  # relative paths: from the YAML file's directory
 
 

@@ -89,6 +89,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     world = dist.get_world_size()
     if world % cfg.parallel.sp:
         raise ConfigError(f"parallel.sp = {cfg.parallel.sp} does not divide the world size {world}")
+    end = cfg.train.stop_at or cfg.train.steps
+    if not 0 < end <= cfg.train.steps:
+        raise ConfigError(f"train.stop_at = {cfg.train.stop_at} must lie in [1, train.steps = {cfg.train.steps}]")
     mesh = init_mesh(sp=cfg.parallel.sp)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     ckpt_root = run_dir / "checkpoints"
@@ -119,7 +122,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     first_loss = last_loss = val_mse = None
     t_last, steps_since = time.perf_counter(), 0
     engine.train()
-    for step in range(start + 1, cfg.train.steps + 1):
+    for step in range(start + 1, end + 1):
         step_loss = 0.0
         for _ in range(cfg.train.grad_accum):
             batch = next(batches, None)
@@ -144,12 +147,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps:
             val_mse = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
             log.log(step, val_mse=val_mse)
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == cfg.train.steps:
+        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == end:
             checkpoint.save(engine, ckpt_root, step, {"step": step, "loader": train_loader.state_dict()},
                             cfg.checkpoint.keep)
     log.close()
 
-    summary = {"steps": cfg.train.steps, "start_step": start, "first_loss": first_loss, "last_loss": last_loss,
+    summary = {"steps": end, "start_step": start, "first_loss": first_loss, "last_loss": last_loss,
                "val_mse": val_mse, "run_dir": str(run_dir)}
     if main:
         final = checkpoint.complete_tags(ckpt_root)[-1]
