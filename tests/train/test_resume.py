@@ -12,20 +12,9 @@ import torch
 
 from dist_hyena.train.config import load_config
 from tests.helpers.distributed import run_ranks
+from tests.helpers.training import small_run_overrides
 
 K = 3
-
-
-def small_run_overrides(tmp_path, name: str) -> list[str]:
-    """A tiny 8-body run whose store the trainer generates under tmp_path."""
-    return [
-        f"run.name={name}", f"run.out_dir={tmp_path / 'runs'}",
-        f"data.path={tmp_path / 'manybody8'}", "data.preset=manybody",
-        "data.generate={n_bodies: 8, train: 32, val: 8, test: 8}",
-        "model.hidden_width=8", "optim.lr=1.0e-2", "optim.schedule=cosine", "optim.warmup_steps=2",
-        "train.batch_size=8", "log.every=1", "eval.every=0", "eval.batches=1", "eval.batch_size=4",
-        "checkpoint.every=0",
-    ]
 
 
 def _straight_and_resumed(rank, world, tmp_path):
