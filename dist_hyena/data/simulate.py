@@ -121,9 +121,7 @@ class _Recorder:
         return pos, vel
 
 
-def energy(
-    pos: torch.Tensor, vel: torch.Tensor, charges: torch.Tensor, softening: float = 0.0
-) -> torch.Tensor:
+def energy(pos: torch.Tensor, vel: torch.Tensor, charges: torch.Tensor, softening: float = 0.0) -> torch.Tensor:
     """Total energy ½Σ|v|² + Σ_{i<j} q_i q_j / sqrt(|r_ij|² + ε²). pos, vel [B, N, 3] -> [B].
 
     Dense O(N²): meant for checks on small systems.

@@ -159,9 +159,7 @@ def _split_checksums(root: zarr.Group, attrs: dict) -> dict:
     out = {}
     for split in attrs["splits"]:
         rows = root[f"{split}/{DIGEST_ARRAY}"][:]
-        out[split] = {
-            n: hashlib.sha256(rows[:, i].tobytes()).hexdigest() for i, n in enumerate(attrs["arrays"])
-        }
+        out[split] = {n: hashlib.sha256(rows[:, i].tobytes()).hexdigest() for i, n in enumerate(attrs["arrays"])}
     return out
 
 
@@ -175,13 +173,10 @@ def open_store(path: str | Path, command: str = "") -> zarr.Group:
     attrs = root.attrs.asdict()
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise DataError(
-            f"{path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}; regenerate it.{hint}"
-        )
+        raise DataError(f"{path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}; regenerate it.{hint}")
     if not attrs.get("complete"):
         raise DataError(
-            f"{path} is incomplete (preprocessing did not finish); "
-            f"re-run the same command to complete it.{hint}"
+            f"{path} is incomplete (preprocessing did not finish); re-run the same command to complete it.{hint}"
         )
     for split, n in attrs["splits"].items():
         for name, spec in attrs["arrays"].items():
@@ -199,9 +194,7 @@ def chunk_key(array: zarr.Array, coords: tuple[int, ...]) -> str:
 def read_chunk(array: zarr.Array, coords: tuple[int, ...]) -> np.ndarray:
     """One chunk (clipped to the array's edge), as stored; DataError naming the array and
     chunk when it cannot be decoded or is missing (reads as the NaN fill value)."""
-    sel = tuple(
-        slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(coords, array.chunks, array.shape, strict=True)
-    )
+    sel = tuple(slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(coords, array.chunks, array.shape, strict=True))
     try:
         a = array[sel]
     except Exception as e:
@@ -223,9 +216,7 @@ def verify(path: str | Path, rank: int = 0, size: int = 1) -> list[str]:
     names = list(attrs["arrays"])
     sums = _split_checksums(root, attrs)
     if rank == 0 and sums != attrs.get("checksums"):
-        problems.append(
-            f"split checksums in the attributes do not match the unit digests: {attrs.get('checksums')}"
-        )
+        problems.append(f"split checksums in the attributes do not match the unit digests: {attrs.get('checksums')}")
     for i, unit in enumerate(_all_units(attrs)):
         if i % size != rank:
             continue
@@ -253,8 +244,6 @@ def _read_unit(array: zarr.Array, row: int) -> np.ndarray:
     start, stop = row * array.chunks[0], min((row + 1) * array.chunks[0], array.shape[0])
     out = np.empty((stop - start, *array.shape[1:]), dtype=array.dtype)
     for coords, part in parts.items():
-        sel = tuple(
-            slice(c * k, c * k + n) for c, k, n in zip(coords, array.chunks[1:], part.shape[1:], strict=True)
-        )
+        sel = tuple(slice(c * k, c * k + n) for c, k, n in zip(coords, array.chunks[1:], part.shape[1:], strict=True))
         out[(slice(None), *sel)] = part
     return out

@@ -114,10 +114,7 @@ class StreamingDataset(IterableDataset):
             if k < self.start or (k - self.start) % n_workers != worker:
                 continue
             arrays = reader.read(ids, t0, t1)
-            batch = {
-                name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-                for name, a in arrays.items()
-            }
+            batch = {name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for name, a in arrays.items()}
             batch["index"] = torch.from_numpy(ids.astype(np.int64))
             yield batch
 
@@ -213,9 +210,7 @@ class StreamingLoader:
         dataset = self._dataset(self.position)
         if self.num_workers > 0:
             batches = iter(
-                DataLoader(
-                    dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch
-                )
+                DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch)
             )
         else:
             dataset.reader = self.reader
