@@ -210,7 +210,7 @@ class StreamingLoader:
         dataset = self._dataset(self.position)
         if self.num_workers > 0:
             batches = iter(
-                DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch)
+                DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=max(1, self.prefetch))
             )
         else:
             dataset.reader = self.reader
