@@ -138,7 +138,7 @@ def test_killed_rank_then_rerun_gives_the_clean_store(tmp_path):
         tmp_path / "clean",
         seed=1,
         n_bodies=48,
-        record_steps=(0, 150),
+        record_steps=(0, 400),
         train=10,
         val=2,
         test=2,
