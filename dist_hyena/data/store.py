@@ -70,7 +70,7 @@ def prepare(path: str | Path, attrs: dict, specs: list[ArraySpec]) -> list[Unit]
     path = Path(path)
     attrs = json.loads(json.dumps(attrs))  # the JSON round trip makes tuples lists, as stored
     if (path / "zarr.json").exists():
-        root = zarr.open_group(path, mode="r")
+        root = zarr.open_group(path, mode="r+")
         old = {k: v for k, v in root.attrs.asdict().items() if k not in _PROGRESS_ATTRS}
         if old != attrs:
             diff = sorted(k for k in set(old) | set(attrs) if old.get(k) != attrs.get(k))
@@ -80,30 +80,31 @@ def prepare(path: str | Path, attrs: dict, specs: list[ArraySpec]) -> list[Unit]
             )
         if root.attrs.get("complete"):
             return []
-        return [u for u in _all_units(attrs) if not _unit_done(root, u)]
-    if path.exists() and any(path.iterdir()):
+    elif path.exists() and any(path.iterdir()):
         raise DataError(f"{path} exists, is not empty and is not a zarr store; nothing was changed")
-    root = zarr.open_group(path, mode="w", attributes={**attrs, "complete": False})
+    else:
+        # The attributes go first: a crash after this point leaves a store a re-run recognises.
+        root = zarr.open_group(path, mode="w", attributes={**attrs, "complete": False})
+    _ensure_arrays(root, attrs, specs)
+    return [u for u in _all_units(attrs) if not _unit_done(root, u)]
+
+
+def _ensure_arrays(root: zarr.Group, attrs: dict, specs: list[ArraySpec]) -> None:
+    """Create the arrays a crash during creation left out; existing ones must fit the layout."""
+    per = attrs["samples_per_chunk"]
     for split, n in attrs["splits"].items():
-        group = root.create_group(split)
-        for spec in specs:
-            group.create_array(
-                spec.name,
-                shape=spec.shape(n),
-                chunks=spec.chunks(attrs["samples_per_chunk"]),
-                dtype="float32",
-                fill_value=np.nan,
-                compressors=_COMPRESSOR,
-            )
-        group.create_array(
-            DIGEST_ARRAY,
-            shape=(n_units(n, attrs["samples_per_chunk"]), len(specs), 32),
-            chunks=(1, len(specs), 32),
-            dtype="uint8",
-            fill_value=0,
-            compressors=None,
-        )
-    return _all_units(attrs)
+        group = root.require_group(split)
+        layout = [(s.name, s.shape(n), s.chunks(per), "float32", np.nan, _COMPRESSOR) for s in specs]
+        layout.append((DIGEST_ARRAY, (n_units(n, per), len(specs), 32), (1, len(specs), 32), "uint8", 0, None))
+        for name, shape, chunks, dtype, fill, compressor in layout:
+            if name in group:
+                if group[name].shape != shape or group[name].chunks != chunks:
+                    raise DataError(
+                        f"array {split}/{name} has shape {group[name].shape}, chunks "
+                        f"{group[name].chunks}; expected {shape}, {chunks}; nothing was changed"
+                    )
+                continue
+            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=compressor)
 
 
 def _all_units(attrs: dict) -> list[Unit]:

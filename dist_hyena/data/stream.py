@@ -210,7 +210,9 @@ class StreamingLoader:
         dataset = self._dataset(self.position)
         if self.num_workers > 0:
             batches = iter(
-                DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=max(1, self.prefetch))
+                DataLoader(
+                    dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=max(1, self.prefetch)
+                )
             )
         else:
             dataset.reader = self.reader

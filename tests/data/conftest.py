@@ -4,6 +4,7 @@ preprocessing scripts as real processes (one process or real MPI ranks)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,22 +47,30 @@ def script_cmd(script: str, args: list[str], ranks: int | None = None) -> list[s
     return ["mpiexec", *root, "-n", str(ranks), *cmd]
 
 
-def run_script(
-    script: str, args: list[str], ranks: int | None = None, timeout: float = 120, check: bool = True
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
+def start_script(script: str, args: list[str], ranks: int | None = None) -> subprocess.Popen:
+    """Start a script in its own process group (so a test can stop every rank of it)."""
+    return subprocess.Popen(
         script_cmd(script, args, ranks),
         env=script_env(),
         cwd=REPO_ROOT,
-        capture_output=True,
         text=True,
-        timeout=timeout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120, check: bool = True) -> str:
+    """Wait for a started script -> its output; kill its process group if it overruns."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{script} {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
+        raise AssertionError(f"{proc.args} failed ({proc.returncode}):\n{out[-4000:]}")
+    return out
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
