@@ -147,13 +147,8 @@ class StreamingLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.source = path if isinstance(path, GeneratedRecall) else Path(path)
-        self.split, self.batch_size, self.seed, self.shuffle, self.drop_last = (
-            split,
-            batch_size,
-            seed,
-            shuffle,
-            drop_last,
-        )
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.dp_rank, self.dp_size, self.sp_rank, self.sp_size = dp_rank, dp_size, sp_rank, sp_size
         self.num_workers, self.prefetch = num_workers, prefetch
         self.epoch, self.position = 0, 0
