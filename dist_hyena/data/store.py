@@ -26,7 +26,9 @@ from zarr.core.sync import sync
 
 from dist_hyena.data.layout import DIGEST_ARRAY, SCHEMA_VERSION, SPLITS, ArraySpec, n_units, unit_range
 
-_COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+# zstd frames carry their size and, with checksum=True, a content hash: a truncated or
+# altered chunk fails to decode instead of decoding to garbage (blosc has no such check).
+_COMPRESSOR = zarr.codecs.ZstdCodec(level=3, checksum=True)
 # Attributes that change while a store is being written; all others define the dataset.
 _PROGRESS_ATTRS = ("complete", "checksums")
 

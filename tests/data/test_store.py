@@ -51,9 +51,14 @@ def test_missing_chunk_is_named(manybody_store, tmp_path):
 def test_corrupt_chunk_is_named(manybody_store, tmp_path):
     store = _copy(manybody_store, tmp_path)
     chunk = store / "val/positions/c/1/1/2/0"
-    chunk.write_bytes(chunk.read_bytes()[:20])  # cut short, as by a crash mid-write
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: bit rot
+    chunk.write_bytes(bytes(data))
+    cut = store / "train/velocities/c/5/0/3/0"
+    cut.write_bytes(cut.read_bytes()[:20])  # cut short, as by a crash mid-write
     problems = verify(store)
     assert any("val/positions" in p and "c/1/1/2/0" in p and "corrupt" in p for p in problems), problems
+    assert any("train/velocities" in p and "c/5/0/3/0" in p and "corrupt" in p for p in problems), problems
 
 
 def test_changed_values_fail_the_checksum(manybody_store, tmp_path):

@@ -164,6 +164,8 @@ def test_read_error_in_the_prefetch_thread_reaches_the_caller(manybody_store, tm
     store = tmp_path / "broken"
     shutil.copytree(manybody_store, store)
     chunk = store / "train/charges/c/4/2"
-    chunk.write_bytes(chunk.read_bytes()[:16])
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: bit rot
+    chunk.write_bytes(bytes(data))
     with pytest.raises(DataError, match="train/charges: chunk train/charges/c/4/2 is corrupt"):
         _epoch(StreamingLoader(store, "train", 2, shuffle=False, prefetch=2))
