@@ -1,0 +1,219 @@
+"""Process-group setup for whichever launcher started this process.
+
+Every launcher announces rank and world size differently:
+
+- ``deepspeed``, ``torchrun`` and ``accelerate launch`` set ``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+- Open MPI's ``mpirun``/``mpiexec`` sets ``OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,LOCAL_SIZE}``;
+- MPICH / Intel MPI (Hydra) set ``PMI_RANK``, ``PMI_SIZE`` and ``MPI_LOCALRANKID``;
+- SLURM's ``srun`` sets ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID``,
+  ``SLURM_STEP_NODELIST`` and ``SLURM_JOB_ID``;
+- no launcher at all is a world of one.
+
+:func:`launch_env_from` turns an environment into a :class:`LaunchEnv` (a pure function, so
+it is unit-tested on plain dicts); :func:`init_distributed` exports that as the ``env://``
+variables, picks NCCL + the local GPU or gloo + CPU, and initialises ``torch.distributed``
+through DeepSpeed so DeepSpeed's communication layer sees the same group.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# Ports derived from a job id fall in [_PORT_BASE, _PORT_BASE + _PORT_SPAN): below Linux's
+# ephemeral range (32768+), so the OS never hands one of them to an outgoing connection.
+_PORT_BASE = 15000
+_PORT_SPAN = 15000
+
+_TORCH_VARS = ("RANK", "WORLD_SIZE")
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Where this process sits in the job, as its launcher described it."""
+
+    launcher: str  # "torch" (deepspeed/torchrun/accelerate), "openmpi", "pmi", "slurm" or "none"
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The initialised process group as the training code needs it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str  # "nccl" or "gloo"
+    launcher: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    value = env[key]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {key}={value!r} is not an integer") from None
+
+
+def _derived_port(job_key: str) -> int:
+    """A port every rank of one job computes identically (crc32: Python's hash() is salted per process)."""
+    return _PORT_BASE + zlib.crc32(job_key.encode()) % _PORT_SPAN
+
+
+def slurm_hostnames(nodelist: str) -> list[str]:
+    """Expand a SLURM node list (``node[01-04],gpu7``) with ``scontrol show hostnames``."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True, text=True
+        ).stdout
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"cannot expand SLURM node list {nodelist!r}: scontrol is not on PATH; "
+            "set MASTER_ADDR to the first node's address instead"
+        ) from None
+    return out.split()
+
+
+def launch_env_from(
+    env: Mapping[str, str], hostnames: Callable[[str], list[str]] = slurm_hostnames
+) -> LaunchEnv:
+    """Read rank, world size, local rank and rendezvous address from a launcher's environment.
+
+    The torch variables win (torchrun inside an ``srun`` allocation is launched by torchrun),
+    then Open MPI, then PMI, then ``srun``. ``MASTER_ADDR``/``MASTER_PORT``, when set, always
+    override the derived rendezvous. Under MPI with ranks on several nodes and no
+    ``MASTER_ADDR`` the address is returned empty: only a collective over MPI can find it
+    (see :func:`init_distributed`).
+    """
+    addr = env.get("MASTER_ADDR", "")
+    port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else None
+
+    if all(k in env for k in _TORCH_VARS):
+        launcher, rank, world = "torch", _int(env, "RANK"), _int(env, "WORLD_SIZE")
+        local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
+        if world > 1 and (not addr or port is None):
+            raise ValueError(
+                f"RANK={rank} and WORLD_SIZE={world} are set but MASTER_ADDR/MASTER_PORT are not; "
+                "the launcher must export both"
+            )
+    elif "OMPI_COMM_WORLD_RANK" in env:
+        launcher = "openmpi"
+        rank, world = _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE")
+        local = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK")
+        one_node = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") == world
+        addr = addr or ("127.0.0.1" if one_node else "")
+        port = port or _derived_port(env.get("PMIX_NAMESPACE") or env.get("OMPI_MCA_ess_base_jobid", "ompi"))
+    elif "PMI_RANK" in env and "PMI_SIZE" in env:
+        launcher, rank, world = "pmi", _int(env, "PMI_RANK"), _int(env, "PMI_SIZE")
+        local_key = next((k for k in ("MPI_LOCALRANKID", "PMI_LOCAL_RANK") if k in env), None)
+        local = _int(env, local_key) if local_key else 0
+        one_node = "MPI_LOCALNRANKS" in env and _int(env, "MPI_LOCALNRANKS") == world
+        addr = addr or ("127.0.0.1" if one_node else "")
+        port = port or _derived_port(env.get("PMI_KVSNAME") or env.get("PMI_JOBID", "pmi"))
+    elif "SLURM_STEP_NUM_TASKS" in env:
+        # SLURM_STEP_* exist only inside an srun step; the batch script itself (one process
+        # holding the whole allocation's SLURM_NTASKS) must not count as a multi-rank world.
+        launcher, rank, world = "slurm", _int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS")
+        local = _int(env, "SLURM_LOCALID")
+        if not addr:
+            nodelist = env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
+            single_host = not any(c in nodelist for c in "[],")
+            addr = nodelist if single_host else hostnames(nodelist)[0]
+        port = port or _derived_port(f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}")
+    else:
+        launcher, rank, world, local = "none", 0, 1, 0
+        addr = addr or "127.0.0.1"
+        port = port or 0  # 0: init_distributed picks a free port (nobody else needs to find it)
+
+    if not 0 <= rank < world:
+        raise ValueError(f"{launcher} launcher gave rank {rank} outside world size {world}")
+    return LaunchEnv(launcher, rank, world, local, addr, port)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mpi_master_addr(rank: int) -> str:
+    """Rank 0's host name, broadcast over MPI (only for multi-node MPI jobs without MASTER_ADDR)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise RuntimeError(
+            "MPI ranks span several nodes and MASTER_ADDR is not set; export MASTER_ADDR "
+            "(e.g. `mpiexec -x MASTER_ADDR=<first host> ...`) or install mpi4py"
+        ) from None
+    return MPI.COMM_WORLD.bcast(socket.gethostname() if rank == 0 else None, root=0)
+
+
+def init_distributed(timeout_s: float = 300.0) -> Runtime:
+    """Initialise ``torch.distributed`` (through DeepSpeed) for the launcher that started us.
+
+    ``timeout_s`` bounds the rendezvous and every collective, so a rank whose peer died
+    raises instead of hanging. Calling it again in an initialised process returns the
+    same :class:`Runtime` without touching the group.
+    """
+    import deepspeed  # deferred: importing it costs seconds and logs an accelerator probe
+
+    launch = launch_env_from(os.environ)
+    addr, port = launch.master_addr, launch.master_port
+    if not addr:
+        addr = _mpi_master_addr(launch.rank)
+    if port == 0:
+        port = _free_port()
+
+    on_gpu = torch.cuda.is_available()
+    backend = "nccl" if on_gpu else "gloo"
+    if on_gpu:
+        if launch.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"local rank {launch.local_rank} has no GPU: this node sees {torch.cuda.device_count()}; "
+                "start at most one rank per GPU"
+            )
+        torch.cuda.set_device(launch.local_rank)
+        device = torch.device("cuda", launch.local_rank)
+    else:
+        device = torch.device("cpu")
+
+    if not dist.is_initialized():
+        # The env:// variables are what DeepSpeed, torch and any library below us read.
+        os.environ.update(
+            RANK=str(launch.rank),
+            WORLD_SIZE=str(launch.world_size),
+            LOCAL_RANK=str(launch.local_rank),
+            MASTER_ADDR=addr,
+            MASTER_PORT=str(port),
+        )
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            auto_mpi_discovery=False,
+            timeout=timedelta(seconds=timeout_s),
+            verbose=False,
+        )
+    return Runtime(launch.rank, launch.world_size, launch.local_rank, device, backend, launch.launcher)
+
+
+def shutdown() -> None:
+    """Destroy the process group (a clean exit; no-op when none was created)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,82 @@
+"""Run a real launcher (deepspeed, torchrun, accelerate, mpiexec, sbatch) as a subprocess.
+
+    result = run_launcher(["torchrun", "--nproc_per_node", "2", PROBE, str(tmp_path)], timeout=120)
+
+The child gets ``PYTHONPATH=<repo root>`` (the package is not installed) and a clean set of
+rank variables, so a launcher test never inherits the rank of the pytest process that
+started it. A non-zero exit or a run past ``timeout`` fails with the command's output tail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROBE = str(REPO_ROOT / "tests" / "launch" / "allreduce_probe.py")
+
+# Variables through which a launcher hands out ranks; a test's child must start without them.
+_RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_RANK_PREFIXES = ("OMPI_", "PMI_", "PMIX_", "SLURM_")
+
+
+def launch_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """os.environ without rank variables, plus PYTHONPATH=repo root, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in _RANK_VARS and not k.startswith(_RANK_PREFIXES)}
+    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["OMP_NUM_THREADS"] = "1"  # ranks share the machine's two cores
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mpiexec_args(n: int) -> list[str]:
+    """``mpiexec -n N``, plus the flags Open MPI demands when running as root."""
+    root = ["--allow-run-as-root", "--oversubscribe"] if os.geteuid() == 0 else []
+    return ["mpiexec", *root, "-n", str(n)]
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_ROOT) -> subprocess.Popen:
+    """Start a launcher in its own process group, so :func:`finish` can stop all its ranks."""
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env or launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for a started launcher; kill its whole process group and fail if it overruns or fails."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"{proc.args} ran past {timeout:.0f} s; output tail:\n{out[-4000:]}") from None
+    if proc.returncode != 0:
+        raise AssertionError(f"{proc.args} exited with {proc.returncode}; output tail:\n{out[-4000:]}")
+    return out
+
+
+def run_launcher(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
+    """Run a launcher to completion; return its combined output."""
+    return finish(start(cmd, env), timeout)
+
+
+def probe_reports(out_dir: Path, world: int) -> list[dict]:
+    """The per-rank reports allreduce_probe.py wrote, checked to form one world of ``world`` ranks."""
+    reports = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
+    for r, rep in enumerate(reports):
+        assert (rep["rank"], rep["dist_rank"]) == (r, r), rep
+        assert rep["world_size"] == rep["dist_world_size"] == world, rep
+        assert rep["sum"] == world * (world + 1) / 2, rep
+    return reports

@@ -1,0 +1,85 @@
+"""init_distributed under every supported launcher: two real ranks that all-reduce.
+
+Each test starts tests/launch/allreduce_probe.py through one launcher, exactly as
+docs/launching.md tells a user to, and checks that both ranks found each other with the
+ranks, local ranks and launcher kind that launcher implies.
+"""
+
+import sys
+
+import pytest
+
+from tests.helpers.launch import (
+    PROBE,
+    REPO_ROOT,
+    finish,
+    free_port,
+    mpiexec_args,
+    probe_reports,
+    run_launcher,
+    start,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _local_ranks(reports):
+    return [r["local_rank"] for r in reports]
+
+
+def test_deepspeed_one_node(tmp_path):
+    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), PROBE, str(tmp_path)],
+                 timeout=180)
+    assert _local_ranks(probe_reports(tmp_path, world=2)) == [0, 1]
+
+
+def test_deepspeed_hostfile(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    # A hostfile makes DeepSpeed probe its hosts over ssh; one local host needs neither ssh nor a lookup.
+    run_launcher(["deepspeed", "--hostfile", str(hostfile), "--no_ssh_check", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port()), PROBE, str(tmp_path)], timeout=180)
+    assert _local_ranks(probe_reports(tmp_path, world=2)) == [0, 1]
+
+
+def test_deepspeed_two_nodes_without_ssh(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    # Two launcher invocations stand for the two nodes, as `--no_ssh` runs on a real cluster.
+    nodes = [start(["deepspeed", "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(n),
+                    "--master_addr", "127.0.0.1", "--master_port", port, PROBE, str(tmp_path)])
+             for n in range(2)]
+    for node in nodes:
+        finish(node, timeout=180)
+    assert _local_ranks(probe_reports(tmp_path, world=2)) == [0, 0]
+
+
+def test_torchrun(tmp_path):
+    run_launcher(["torchrun", "--nproc_per_node", "2", "--master_port", str(free_port()), PROBE, str(tmp_path)],
+                 timeout=180)
+    assert _local_ranks(probe_reports(tmp_path, world=2)) == [0, 1]
+
+
+def test_accelerate_launch(tmp_path):
+    config = REPO_ROOT / "configs" / "accelerate" / "one_node.yaml"
+    run_launcher(["accelerate", "launch", "--config_file", str(config), "--main_process_port", str(free_port()),
+                  PROBE, str(tmp_path)], timeout=180)
+    reports = probe_reports(tmp_path, world=2)
+    assert _local_ranks(reports) == [0, 1]
+    assert {r["launcher"] for r in reports} == {"torch"}
+
+
+def test_mpiexec(tmp_path):
+    run_launcher([*mpiexec_args(2), sys.executable, PROBE, str(tmp_path)], timeout=180)
+    reports = probe_reports(tmp_path, world=2)
+    assert _local_ranks(reports) == [0, 1]
+    assert {r["launcher"] for r in reports} == {"openmpi"}
+
+
+def test_srun(tmp_path, slurm):
+    slurm.run(["srun", "--ntasks", "2", "--kill-on-bad-exit=1", sys.executable, PROBE, str(tmp_path)],
+              timeout=180, cwd=REPO_ROOT)
+    reports = probe_reports(tmp_path, world=2)
+    assert _local_ranks(reports) == [0, 1]
+    assert {r["launcher"] for r in reports} == {"slurm"}
