@@ -114,7 +114,8 @@ class StreamingDataset(IterableDataset):
             if k < self.start or (k - self.start) % n_workers != worker:
                 continue
             arrays = reader.read(ids, t0, t1)
-            batch = {name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for name, a in arrays.items()}
+            # C-contiguous and writeable: a view of a shared (cached) array is copied, never aliased
+            batch = {name: torch.from_numpy(np.require(a, np.float32, ["C", "W"])) for name, a in arrays.items()}
             batch["index"] = torch.from_numpy(ids.astype(np.int64))
             yield batch
 

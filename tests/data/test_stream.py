@@ -83,7 +83,7 @@ def test_recall_blocks_share_target_and_encode_global_positions(recall_store):
     for k, batch in enumerate(full):
         assert torch.equal(torch.cat([p[k]["x"] for p in parts], 1), batch["x"])
         assert all(torch.equal(p[k]["y"], batch["y"]) for p in parts)
-    assert torch.equal(parts[1][0]["f"][0], torch.from_numpy(position_encoding(6, 11)))
+    assert torch.equal(parts[1][0]["f"][0], torch.tensor(position_encoding(6, 11)))
     # the target is the value that followed the query key earlier in the sequence
     x, y = full[0]["x"][:, :, 0], full[0]["y"][:, 0]
     for s in range(3):
@@ -169,3 +169,10 @@ def test_read_error_in_the_prefetch_thread_reaches_the_caller(manybody_store, tm
     chunk.write_bytes(bytes(data))
     with pytest.raises(DataError, match="train/charges: chunk train/charges/c/4/2 is corrupt"):
         _epoch(StreamingLoader(store, "train", 2, shuffle=False, prefetch=2))
+
+
+def test_batches_never_alias_cached_data(recall_store):
+    loader = StreamingLoader(recall_store, "train", batch_size=1, shuffle=False)
+    first, second = _epoch(loader)[:2]
+    first["f"].zero_()  # a model may work in place on its inputs
+    assert torch.equal(second["f"][0], torch.tensor(position_encoding(0, 11)))
