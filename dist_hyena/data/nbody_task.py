@@ -15,6 +15,7 @@ import torch
 
 from dist_hyena.data.layout import ArraySpec, sample_rng
 from dist_hyena.data.simulate import simulate_leapfrog, simulate_nri
+from dist_hyena.data.work import local_rank
 
 TOKEN_ORDERS = ("index", "radial")
 # Below this many body pairs per simulated batch, the simulation runs on one CPU thread.
@@ -61,7 +62,7 @@ class NBodyTask:
     def __init__(self, params: NBodyParams, seed: int, device: str | None = None):
         self.params = params
         self.seed = seed
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or _default_device())
 
     @property
     def n_tokens(self) -> int:
@@ -117,6 +118,13 @@ class NBodyTask:
             "velocities": velocities.cpu().numpy().astype(np.float32),
             "charges": charges.cpu().numpy().astype(np.float32),
         }
+
+
+def _default_device() -> str:
+    """A GPU when there is one: each rank of a node its own."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{local_rank() % torch.cuda.device_count()}"
 
 
 @contextlib.contextmanager
