@@ -114,6 +114,7 @@ def _free_port() -> int:
 
 def run_job(job: dict) -> dict:
     """Run one (N, sp, strategy) in fresh processes; summarise over ranks."""
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_rank, args=(job["sp"], _free_port(), job, tmp), nprocs=job["sp"], join=True)
         ranks = [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(job["sp"])]
@@ -122,6 +123,8 @@ def run_job(job: dict) -> dict:
         "time_fwd_bwd_s": max(r["time_s"] for r in ranks),  # the step ends when the slowest rank does
         "peak_rss_mib_per_rank": [round(r["peak_rss_mib"], 1) for r in ranks],
         "peak_rss_growth_mib_per_rank": [round(r["peak_rss_mib"] - r["rss_after_build_mib"], 1) for r in ranks],
+        # Timings on a shared machine are only as good as its load: keep it beside them.
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     if "peak_cuda_mib" in ranks[0]:
         summary["peak_cuda_mib_per_rank"] = [round(r["peak_cuda_mib"], 1) for r in ranks]

@@ -39,8 +39,9 @@ def conv_bytes(strategy: str, mode: str, n_tokens: int, sp: int, n_vector: int, 
         parts = channel_partition(n_vector, n_scalar, sp)
         w_in = [6 * len(v) + 2 * len(s) for v, s in parts]
         w_out = [3 * len(v) + len(s) for v, s in parts]
-        out["to_channel_layout"] = batch * itemsize * sum(n * (sum(w_in) - w) for n, w in zip(counts, w_in, strict=True))
-        out["to_token_layout"] = batch * itemsize * sum(w * (n_tokens - n) for n, w in zip(counts, w_out, strict=True))
+        scale = batch * itemsize
+        out["to_channel_layout"] = scale * sum(n * (sum(w_in) - w) for n, w in zip(counts, w_in, strict=True))
+        out["to_token_layout"] = scale * sum(w * (n_tokens - n) for n, w in zip(counts, w_out, strict=True))
         return out
     m = n_tokens // sp
     itemsize *= batch  # every sample's columns travel side by side
