@@ -127,8 +127,10 @@ class SE3HyenaModel(nn.Module):
         self.head = CliffordMLP(cv + d, cfg.vector_out + cfg.scalar_out, cfg.hidden_width, cfg.mlp_layers)
 
     def _token_mean(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
-        """``[B, n, ...] -> [B, ...]``: the mean over all tokens of the sample, across the SP group."""
-        total = t.sum(dim=1)
+        """``[B, n, ...] -> [B, ...]``: the mean over all tokens of the sample, across the SP group.
+        Accumulated and returned in float64: a float32 sum of many far-from-origin positions would lose the
+        digits that translation invariance depends on."""
+        total = t.sum(dim=1, dtype=torch.float64)
         if self.mesh is not None:
             from .parallel import sp_all_reduce
 
@@ -150,9 +152,9 @@ class SE3HyenaModel(nn.Module):
         centroid = None
         if pos:
             centroid = self._token_mean(x[:, :, pos], n_total)  # [B, P, 3]
-            shift = torch.zeros_like(x)
+            shift = torch.zeros_like(x, dtype=torch.float64)
             shift[:, :, pos] = centroid[:, None]
-            x = x - shift
+            x = (x.double() - shift).to(x.dtype)
         h_x, h_f = read(self.embed_in(embed(x, f)), cfg.vector_width, cfg.scalar_width)
         for block in self.blocks:
             if cfg.activation_checkpointing and self.training:
@@ -160,9 +162,10 @@ class SE3HyenaModel(nn.Module):
             else:
                 h_x, h_f = block(h_x, h_f)
         if cfg.head == "recall":
-            h_x, h_f = self._token_mean(h_x, n_total)[:, None], self._token_mean(h_f, n_total)[:, None]
+            h_x, h_f = (self._token_mean(h, n_total)[:, None].to(h.dtype) for h in (h_x, h_f))
         out_x, out_f = read(self.head(embed(h_x, h_f)), cfg.vector_out, cfg.scalar_out)
         if cfg.head == "recall":
             return out_x[:, 0], out_f[:, 0]
         # Predicted positions: the (centred) input position plus the update, moved back by the centroid.
-        return out_x + (x[:, :, pos[0]] + centroid[:, None, 0])[:, :, None], out_f
+        position = x[:, :, pos[0], None].double() + centroid[:, None, :1]
+        return (out_x.double() + position).to(out_x.dtype), out_f

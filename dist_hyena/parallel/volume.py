@@ -1,0 +1,60 @@
+"""Theoretical communication volume of one sequence-parallel convolution, in closed form.
+
+Group totals in bytes for one forward pass over N tokens on P ranks, per ledger op; each
+backward op (``<op>.backward``) moves the same volume, the mirror exchange. Nothing that
+stays on a rank is counted. With Cv vector and D scalar channels and itemsize s:
+
+- ``channels``: the packed inputs (6 Cv + 2 D numbers a token) go out to the channel
+  owners, u (3 Cv + D a token) comes back: sum_r n_r (W_in - w_in_r) and
+  sum_r w_out_r (N - n_r) numbers, i.e. (P-1)/P of everything when blocks and channel
+  shares are even: 3 (3 Cv + D) (P-1)/P numbers per token forward.
+- ``fft``: per transformed column (2 (3 Cv + D) forward, 3 Cv + D inverse), with M = N/P:
+  the real exchange moves (P-1) M reals, the complex one 2 R (P-1) M reals (R = 1 for
+  circular, 2 for causal, whose spectrum is twice as long): 3 (P-1) M or 5 (P-1) M reals
+  per transform, so 9 or 15 (3 Cv + D) (P-1)/P numbers per token forward.
+- ``token_counts``: each rank's int64 count vector of length P (an all-reduce payload).
+"""
+
+from __future__ import annotations
+
+from ..ops import conv_length
+from .conv import channel_partition, resolve_strategy
+from .mesh import split_sizes
+
+INT64_BYTES = 8
+
+
+def conv_bytes(strategy: str, mode: str, n_tokens: int, sp: int, n_vector: int, n_scalar: int,
+               itemsize: int) -> dict[str, int]:
+    """Forward bytes per ledger op, summed over the SP group, for one ``SequenceParallelConv`` call.
+
+    ``itemsize``: bytes of one number on the wire (the input dtype for ``channels``; the FFT
+    dtype, at least float32, for ``fft``).
+    """
+    strategy = resolve_strategy(strategy, n_vector + n_scalar, sp)
+    out = {"token_counts": sp * sp * INT64_BYTES}
+    if strategy == "channels":
+        counts = split_sizes(n_tokens, sp)
+        parts = channel_partition(n_vector, n_scalar, sp)
+        w_in = [6 * len(v) + 2 * len(s) for v, s in parts]
+        w_out = [3 * len(v) + len(s) for v, s in parts]
+        out["to_channel_layout"] = itemsize * sum(n * (sum(w_in) - w) for n, w in zip(counts, w_in, strict=True))
+        out["to_token_layout"] = itemsize * sum(w * (n_tokens - n) for n, w in zip(counts, w_out, strict=True))
+        return out
+    m = n_tokens // sp
+    r = conv_length(n_tokens, mode) // n_tokens
+    columns = 3 * n_vector + n_scalar
+    out["fft.rows_to_columns"] = itemsize * 2 * columns * (sp - 1) * m
+    out["fft.columns_to_rows"] = itemsize * 2 * columns * 2 * r * (sp - 1) * m
+    out["ifft.rows_to_columns"] = itemsize * columns * 2 * r * (sp - 1) * m
+    out["ifft.columns_to_rows"] = itemsize * columns * (sp - 1) * m
+    return out
+
+
+def bytes_per_token(strategy: str, mode: str, sp: int, n_vector: int, n_scalar: int, itemsize: int) -> float:
+    """Forward + backward all-to-all bytes per token of one layer, the even-split closed form above."""
+    strategy = resolve_strategy(strategy, n_vector + n_scalar, sp)
+    per_token = 3 * (3 * n_vector + n_scalar) * (sp - 1) / sp
+    if strategy == "fft":
+        per_token *= 3 if mode == "circular" else 5
+    return 2 * per_token * itemsize
