@@ -14,10 +14,18 @@ from dist_hyena.data import DataError, generate_store, open_store
 from tests.data.conftest import script_cmd, tree_bytes
 from tests.helpers.launch import finish, start
 
-NBODY5 = dict(seed=7, train=4, val=2, test=2, samples_per_chunk=2)
+NBODY5 = dict(seed=7, train=4, val=2, test=2, samples_per_chunk=2, device="cpu")
 RECALL = dict(seed=2, n_tokens=10, variant="fixed", train=9, val=3, test=3, samples_per_chunk=2, tokens_per_chunk=4)
 KILLED = dict(
-    seed=1, n_bodies=48, record_steps=(0, 400), train=8, val=1, test=1, samples_per_chunk=1, tokens_per_chunk=16
+    seed=1,
+    n_bodies=48,
+    record_steps=(0, 600),
+    train=8,
+    val=1,
+    test=1,
+    samples_per_chunk=1,
+    tokens_per_chunk=16,
+    device="cpu",  # CPU units take long enough (~0.4 s each) for the kill to land midway
 )
 
 
