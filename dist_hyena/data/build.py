@@ -94,9 +94,7 @@ def build_store(
     if error:
         raise store.DataError(error)
     mine = my_share(plan, comm.rank, comm.size)
-    bar = tqdm(
-        mine, desc=f"{out.name} rank 0/{comm.size}", unit="chunk", disable=not progress or comm.rank != 0
-    )
+    bar = tqdm(mine, desc=f"{out.name} rank 0/{comm.size}", unit="chunk", disable=not progress or comm.rank != 0)
     for unit in bar:
         start, stop = unit_range(unit.index, sizes[unit.split], samples_per_chunk)
         store.write_unit(out, unit, task.generate(unit.split, start, stop))

@@ -114,10 +114,8 @@ class StreamingDataset(IterableDataset):
             if k < self.start or (k - self.start) % n_workers != worker:
                 continue
             arrays = reader.read(ids, t0, t1)
-            batch = {
-                name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-                for name, a in arrays.items()
-            }
+            # C-contiguous and writeable: a view of a shared (cached) array is copied, never aliased
+            batch = {name: torch.from_numpy(np.require(a, np.float32, ["C", "W"])) for name, a in arrays.items()}
             batch["index"] = torch.from_numpy(ids.astype(np.int64))
             yield batch
 
@@ -150,13 +148,8 @@ class StreamingLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.source = path if isinstance(path, GeneratedRecall) else Path(path)
-        self.split, self.batch_size, self.seed, self.shuffle, self.drop_last = (
-            split,
-            batch_size,
-            seed,
-            shuffle,
-            drop_last,
-        )
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.dp_rank, self.dp_size, self.sp_rank, self.sp_size = dp_rank, dp_size, sp_rank, sp_size
         self.num_workers, self.prefetch = num_workers, prefetch
         self.epoch, self.position = 0, 0
@@ -214,7 +207,7 @@ class StreamingLoader:
         if self.num_workers > 0:
             batches = iter(
                 DataLoader(
-                    dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch
+                    dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=max(1, self.prefetch)
                 )
             )
         else:
