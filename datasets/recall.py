@@ -19,9 +19,7 @@ from dist_hyena.data.cli import add_common_args, run  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument(
         "--n-tokens",
@@ -30,20 +28,15 @@ def main() -> int:
         help="sequence length, >= 3: (key, value) pairs then the query (default 1024; "
         "an even length starts with one zero pad token)",
     )
-    parser.add_argument(
-        "--vocab-size", type=int, default=None, help="vocabulary size (default 4, as in the paper)"
-    )
+    parser.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (default 4, as in the paper)")
     parser.add_argument(
         "--variant",
         choices=("random", "fixed"),
         default=None,
-        help="random: a new vocabulary per sequence (default); fixed: one vocabulary, "
-        "each sequence randomly rotated",
+        help="random: a new vocabulary per sequence (default); fixed: one vocabulary, each sequence randomly rotated",
     )
     args = parser.parse_args()
-    task = make_task(
-        "recall", args.seed, n_tokens=args.n_tokens, vocab_size=args.vocab_size, variant=args.variant
-    )
+    task = make_task("recall", args.seed, n_tokens=args.n_tokens, vocab_size=args.vocab_size, variant=args.variant)
     return run(args, "recall", task)
 
 

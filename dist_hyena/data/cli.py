@@ -8,14 +8,12 @@ import sys
 import traceback
 
 from dist_hyena.data import store
-from dist_hyena.data.build import PRESETS, build_store
+from dist_hyena.data.build import PRESETS, PreparationError, build_store
 from dist_hyena.data.work import world_comm
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", required=True, help="store directory to create, or to complete after a crash"
-    )
+    parser.add_argument("--out", required=True, help="store directory to create, or to complete after a crash")
     parser.add_argument(
         "--seed",
         type=int,
@@ -24,9 +22,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "(seed, split, i), so any number of ranks writes the same bytes",
     )
     for split in ("train", "val", "test"):
-        parser.add_argument(
-            f"--{split}", type=int, default=None, help=f"number of {split} samples (default: preset's)"
-        )
+        parser.add_argument(f"--{split}", type=int, default=None, help=f"number of {split} samples (default: preset's)")
     parser.add_argument(
         "--samples-per-chunk",
         type=int,
@@ -55,9 +51,7 @@ def run(args: argparse.Namespace, preset: str, task) -> int:
         if args.verify:
             return _verify(args.out, comm)
         defaults = PRESETS[preset]
-        sizes = {
-            s: getattr(args, s) if getattr(args, s) is not None else n for s, n in defaults["sizes"].items()
-        }
+        sizes = {s: getattr(args, s) if getattr(args, s) is not None else n for s, n in defaults["sizes"].items()}
         build_store(
             task,
             args.out,
@@ -68,6 +62,10 @@ def run(args: argparse.Namespace, preset: str, task) -> int:
             comm=comm,
             progress=not args.no_progress,
         )
+    except PreparationError as e:  # every rank has it: a clean exit, no abort
+        if comm.rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except (store.DataError, ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _stop(comm)

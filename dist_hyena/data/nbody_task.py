@@ -7,6 +7,7 @@ other samples are simulated beside it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,8 +15,11 @@ import torch
 
 from dist_hyena.data.layout import ArraySpec, sample_rng
 from dist_hyena.data.simulate import simulate_leapfrog, simulate_nri
+from dist_hyena.data.work import local_rank
 
 TOKEN_ORDERS = ("index", "radial")
+# Below this many body pairs per simulated batch, the simulation runs on one CPU thread.
+_THREADED_PAIRS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class NBodyTask:
     def __init__(self, params: NBodyParams, seed: int, device: str | None = None):
         self.params = params
         self.seed = seed
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or _default_device())
 
     @property
     def n_tokens(self) -> int:
@@ -102,10 +106,11 @@ class NBodyTask:
         init = [self.initial_conditions(split, i) for i in range(start, stop)]
         pos, vel, charges = (torch.from_numpy(np.stack(a)).to(self.device) for a in zip(*init, strict=True))
         p = self.params
-        if p.integrator == "nri":
-            positions, velocities = simulate_nri(pos, vel, charges, p.record_steps, p.dt, p.max_force)
-        else:
-            positions, velocities = simulate_leapfrog(pos, vel, charges, p.record_steps, p.dt, p.softening)
+        with _threads_for(pos.device, pos.shape[0] * pos.shape[1] ** 2):
+            if p.integrator == "nri":
+                positions, velocities = simulate_nri(pos, vel, charges, p.record_steps, p.dt, p.max_force)
+            else:
+                positions, velocities = simulate_leapfrog(pos, vel, charges, p.record_steps, p.dt, p.softening)
         if p.token_order == "radial":
             positions, velocities, charges = radial_order(positions, velocities, charges, p.input_frame)
         return {
@@ -113,6 +118,29 @@ class NBodyTask:
             "velocities": velocities.cpu().numpy().astype(np.float32),
             "charges": charges.cpu().numpy().astype(np.float32),
         }
+
+
+def _default_device() -> str:
+    """A GPU when there is one: each rank of a node its own."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{local_rank() % torch.cuda.device_count()}"
+
+
+@contextlib.contextmanager
+def _threads_for(device: torch.device, pairs: int):
+    """One CPU thread for small systems: on tensors this small (the 5-body benchmark),
+    intra-op threading costs more than it saves, and collapses when cores are shared
+    (measured: 10x slower at 2 threads on a loaded 2-core machine)."""
+    if device.type != "cpu" or pairs >= _THREADED_PAIRS:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def radial_order(positions, velocities, charges, frame: int):

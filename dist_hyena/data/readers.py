@@ -1,6 +1,6 @@
 """Readers: one split's samples, as model inputs for a token block (DESIGN §4.4).
 
-`StoreReader` reads a finished zarr store chunk by chunk, only the chunks that overlap the
+`StoreReader` reads a finished zarr store, decoding only the chunks that overlap the
 requested token block, caching decoded regions. `GeneratedRecall` makes recall samples on
 the fly from a seed (no store). Both give, for sample ids and a token block [t0, t1):
   x [B, n, C_in, 3]  n-body: position and velocity at the input frame; recall: the token
@@ -18,7 +18,8 @@ import numpy as np
 
 from dist_hyena.data import store
 from dist_hyena.data.layout import SPLITS
-from dist_hyena.data.recall_task import RecallTask, position_encoding
+from dist_hyena.data.recall_task import POSITION_DIM, RecallTask, position_encoding
+from dist_hyena.data.store import DataError
 
 _CACHE_BYTES = 256 * 2**20
 
@@ -52,7 +53,7 @@ class StoreReader:
         tokens = self._gather("tokens", indices, (slice(t0, t1), slice(None)))
         return {
             "x": tokens[:, :, None],
-            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, 16)),
+            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
             "y": self._gather("target", indices, (slice(None),))[:, None],
         }
 
@@ -60,32 +61,31 @@ class StoreReader:
         """array[indices, *sel] with sel entries ints or slices (one per non-sample dim)."""
         rows = np.asarray(indices) // self.samples_per_chunk
         parts = {int(r): self._region(name, int(r), sel) for r in np.unique(rows)}
-        return np.stack(
-            [parts[int(r)][i - r * self.samples_per_chunk] for i, r in zip(indices, rows, strict=True)]
-        )
+        return np.stack([parts[int(r)][i - r * self.samples_per_chunk] for i, r in zip(indices, rows, strict=True)])
 
     def _region(self, name: str, row: int, sel: tuple) -> np.ndarray:
-        """array[samples of chunk row `row`, *sel], decoding only the chunks it overlaps."""
+        """array[samples of chunk row `row`, *sel]: one zarr read that decodes only the chunks
+        it overlaps; on failure, chunk-by-chunk reads name the bad chunk."""
         key = (name, row, repr(sel))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         array = self.group[name]
-        dims = list(zip(sel, array.chunks[1:], array.shape[1:], strict=True))
-        bounds = [(s, s + 1) if isinstance(s, int) else s.indices(n)[:2] for s, _, n in dims]
-        coord_ranges = [range(a // k, -(-b // k)) for (a, b), (_, k, _) in zip(bounds, dims, strict=True)]
         start, stop = row * array.chunks[0], min((row + 1) * array.chunks[0], array.shape[0])
-        out = np.empty((stop - start, *[b - a for a, b in bounds]), dtype=np.float32)
-        for coords in itertools.product(*coord_ranges):
-            chunk = store.read_chunk(array, (row, *coords))
-            self.chunk_reads[store.chunk_key(array, (row, *coords))] += 1
-            src, dst = [slice(None)], [slice(None)]
-            for c, (a, b), (_, k, _) in zip(coords, bounds, dims, strict=True):
-                lo, hi = max(a, c * k), min(b, (c + 1) * k)
-                src.append(slice(lo - c * k, hi - c * k))
-                dst.append(slice(lo - a, hi - a))
-            out[tuple(dst)] = chunk[tuple(src)]
-        out = out[(slice(None), *[0 if isinstance(s, int) else slice(None) for s in sel])]
+        bounds = [
+            (s, s + 1) if isinstance(s, int) else s.indices(n)[:2] for s, n in zip(sel, array.shape[1:], strict=True)
+        ]
+        ranges = [range(a // k, -(-b // k)) for (a, b), k in zip(bounds, array.chunks[1:], strict=True)]
+        chunks = [(row, *coords) for coords in itertools.product(*ranges)]
+        try:
+            out = array[(slice(start, stop), *sel)]
+        except Exception:
+            out = None
+        if out is None or not np.isfinite(out).all():
+            for coords in chunks:
+                store.read_chunk(array, coords)  # raises DataError naming the chunk
+            raise DataError(f"array {array.path}: rows [{start}, {stop}) could not be read")
+        self.chunk_reads.update(store.chunk_key(array, c) for c in chunks)
         self._cache[key] = out
         self._cache_bytes += out.nbytes
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
@@ -129,6 +129,6 @@ class _GeneratedRecallReader:
         samples = [self.task.sample(self.split, int(i)) for i in indices]
         return {
             "x": np.stack([s[0][t0:t1] for s in samples])[:, :, None],
-            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, 16)),
+            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
             "y": np.stack([s[1] for s in samples])[:, None],
         }

@@ -11,6 +11,8 @@ and carries nothing), so any length >= 3 works and sequence-parallel splits stay
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from dist_hyena.data.layout import ArraySpec, sample_rng
@@ -35,15 +37,18 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
+@functools.lru_cache(maxsize=8)  # a loader asks for the same token block every batch
 def position_encoding(start: int, stop: int, dim: int = POSITION_DIM, base: float = 10000.0) -> np.ndarray:
     """Sinusoidal encoding of global token indices [start, stop) -> [stop - start, dim]
-    float32: pairs (sin, cos) of i / base^(2k/dim)."""
+    float32 (read-only: it is shared): pairs (sin, cos) of i / base^(2k/dim)."""
     i = np.arange(start, stop, dtype=np.float64)[:, None]
     freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
     enc = np.empty((stop - start, dim))
     enc[:, 0::2] = np.sin(i * freq)
     enc[:, 1::2] = np.cos(i * freq)
-    return enc.astype(np.float32)
+    enc = enc.astype(np.float32)
+    enc.flags.writeable = False
+    return enc
 
 
 class RecallTask:

@@ -30,23 +30,27 @@ _TILE_J = 2048
 def charged_forces(pos: torch.Tensor, charges: torch.Tensor, softening: float = 0.0) -> torch.Tensor:
     """Coulomb-like forces. pos [B, N, 3], charges [B, N] -> forces [B, N, 3].
 
-    With softening = 0 the self term (r = 0) is excluded explicitly.
+    With softening = 0 the self term (r = 0, 1/r³ = inf) is set to zero.
     """
     batch, n, _ = pos.shape
     tile_j = min(n, _TILE_J)
     tile_i = max(1, min(n, _MAX_PAIR_ELEMENTS // (3 * batch * tile_j)))
-    forces = torch.zeros_like(pos)
     eps2 = softening * softening
+    forces = torch.empty_like(pos)
     for i0 in range(0, n, tile_i):
-        xi, qi = pos[:, i0 : i0 + tile_i], charges[:, i0 : i0 + tile_i]
-        acc = torch.zeros_like(xi)
+        xi, qi = pos[:, i0 : i0 + tile_i], charges[:, i0 : i0 + tile_i, None]
+        acc = None
         for j0 in range(0, n, tile_j):
-            xj, qj = pos[:, j0 : j0 + tile_j], charges[:, j0 : j0 + tile_j]
-            diff = xi[:, :, None, :] - xj[:, None, :, :]  # [B, ti, tj, 3]
-            d2 = (diff * diff).sum(-1) + eps2
-            inv_r3 = torch.where(d2 > 0, d2.clamp_min(torch.finfo(d2.dtype).tiny).pow(-1.5), 0.0)
-            weight = qi[:, :, None] * qj[:, None, :] * inv_r3
-            acc += (weight[..., None] * diff).sum(2)
+            diff = xi[:, :, None, :] - pos[:, None, j0 : j0 + tile_j, :]  # [B, ti, tj, 3]
+            inv_r3 = diff.square().sum(-1)
+            if eps2:
+                inv_r3 += eps2
+            inv_r3.pow_(-1.5)
+            if not eps2:
+                inv_r3.nan_to_num_(posinf=0.0)
+            inv_r3 *= qi * charges[:, None, j0 : j0 + tile_j]
+            part = (inv_r3.unsqueeze(-1) * diff).sum(2)
+            acc = part if acc is None else acc.add_(part)
         forces[:, i0 : i0 + tile_i] = acc
     return forces
 
@@ -69,12 +73,12 @@ def simulate_nri(
     record = _Recorder(record_steps)
     pos, vel = pos.clone(), vel.clone()
     record(0, pos, vel)
-    vel += dt * charged_forces(pos, charges).clamp(-max_force, max_force)
+    vel.add_(charged_forces(pos, charges).clamp_(-max_force, max_force), alpha=dt)
     for step in range(1, max(record_steps) + 1):
-        pos += dt * vel
+        pos.add_(vel, alpha=dt)
         record(step, pos, vel)
         if step < max(record_steps):
-            vel += dt * charged_forces(pos, charges).clamp(-max_force, max_force)
+            vel.add_(charged_forces(pos, charges).clamp_(-max_force, max_force), alpha=dt)
     return record.stacked()
 
 
@@ -121,9 +125,7 @@ class _Recorder:
         return pos, vel
 
 
-def energy(
-    pos: torch.Tensor, vel: torch.Tensor, charges: torch.Tensor, softening: float = 0.0
-) -> torch.Tensor:
+def energy(pos: torch.Tensor, vel: torch.Tensor, charges: torch.Tensor, softening: float = 0.0) -> torch.Tensor:
     """Total energy ½Σ|v|² + Σ_{i<j} q_i q_j / sqrt(|r_ij|² + ε²). pos, vel [B, N, 3] -> [B].
 
     Dense O(N²): meant for checks on small systems.

@@ -26,7 +26,9 @@ from zarr.core.sync import sync
 
 from dist_hyena.data.layout import DIGEST_ARRAY, SCHEMA_VERSION, SPLITS, ArraySpec, n_units, unit_range
 
-_COMPRESSOR = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+# zstd frames carry their size and, with checksum=True, a content hash: a truncated or
+# altered chunk fails to decode instead of decoding to garbage (blosc has no such check).
+_COMPRESSOR = zarr.codecs.ZstdCodec(level=3, checksum=True)
 # Attributes that change while a store is being written; all others define the dataset.
 _PROGRESS_ATTRS = ("complete", "checksums")
 
@@ -70,7 +72,7 @@ def prepare(path: str | Path, attrs: dict, specs: list[ArraySpec]) -> list[Unit]
     path = Path(path)
     attrs = json.loads(json.dumps(attrs))  # the JSON round trip makes tuples lists, as stored
     if (path / "zarr.json").exists():
-        root = zarr.open_group(path, mode="r")
+        root = zarr.open_group(path, mode="r+")
         old = {k: v for k, v in root.attrs.asdict().items() if k not in _PROGRESS_ATTRS}
         if old != attrs:
             diff = sorted(k for k in set(old) | set(attrs) if old.get(k) != attrs.get(k))
@@ -80,30 +82,31 @@ def prepare(path: str | Path, attrs: dict, specs: list[ArraySpec]) -> list[Unit]
             )
         if root.attrs.get("complete"):
             return []
-        return [u for u in _all_units(attrs) if not _unit_done(root, u)]
-    if path.exists() and any(path.iterdir()):
+    elif path.exists() and any(path.iterdir()):
         raise DataError(f"{path} exists, is not empty and is not a zarr store; nothing was changed")
-    root = zarr.open_group(path, mode="w", attributes={**attrs, "complete": False})
+    else:
+        # The attributes go first: a crash after this point leaves a store a re-run recognises.
+        root = zarr.open_group(path, mode="w", attributes={**attrs, "complete": False})
+    _ensure_arrays(root, attrs, specs)
+    return [u for u in _all_units(attrs) if not _unit_done(root, u)]
+
+
+def _ensure_arrays(root: zarr.Group, attrs: dict, specs: list[ArraySpec]) -> None:
+    """Create the arrays a crash during creation left out; existing ones must fit the layout."""
+    per = attrs["samples_per_chunk"]
     for split, n in attrs["splits"].items():
-        group = root.create_group(split)
-        for spec in specs:
-            group.create_array(
-                spec.name,
-                shape=spec.shape(n),
-                chunks=spec.chunks(attrs["samples_per_chunk"]),
-                dtype="float32",
-                fill_value=np.nan,
-                compressors=_COMPRESSOR,
-            )
-        group.create_array(
-            DIGEST_ARRAY,
-            shape=(n_units(n, attrs["samples_per_chunk"]), len(specs), 32),
-            chunks=(1, len(specs), 32),
-            dtype="uint8",
-            fill_value=0,
-            compressors=None,
-        )
-    return _all_units(attrs)
+        group = root.require_group(split)
+        layout = [(s.name, s.shape(n), s.chunks(per), "float32", np.nan, _COMPRESSOR) for s in specs]
+        layout.append((DIGEST_ARRAY, (n_units(n, per), len(specs), 32), (1, len(specs), 32), "uint8", 0, None))
+        for name, shape, chunks, dtype, fill, compressor in layout:
+            if name in group:
+                if group[name].shape != shape or group[name].chunks != chunks:
+                    raise DataError(
+                        f"array {split}/{name} has shape {group[name].shape}, chunks "
+                        f"{group[name].chunks}; expected {shape}, {chunks}; nothing was changed"
+                    )
+                continue
+            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=compressor)
 
 
 def _all_units(attrs: dict) -> list[Unit]:
@@ -159,9 +162,7 @@ def _split_checksums(root: zarr.Group, attrs: dict) -> dict:
     out = {}
     for split in attrs["splits"]:
         rows = root[f"{split}/{DIGEST_ARRAY}"][:]
-        out[split] = {
-            n: hashlib.sha256(rows[:, i].tobytes()).hexdigest() for i, n in enumerate(attrs["arrays"])
-        }
+        out[split] = {n: hashlib.sha256(rows[:, i].tobytes()).hexdigest() for i, n in enumerate(attrs["arrays"])}
     return out
 
 
@@ -175,13 +176,10 @@ def open_store(path: str | Path, command: str = "") -> zarr.Group:
     attrs = root.attrs.asdict()
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise DataError(
-            f"{path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}; regenerate it.{hint}"
-        )
+        raise DataError(f"{path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}; regenerate it.{hint}")
     if not attrs.get("complete"):
         raise DataError(
-            f"{path} is incomplete (preprocessing did not finish); "
-            f"re-run the same command to complete it.{hint}"
+            f"{path} is incomplete (preprocessing did not finish); re-run the same command to complete it.{hint}"
         )
     for split, n in attrs["splits"].items():
         for name, spec in attrs["arrays"].items():
@@ -199,9 +197,7 @@ def chunk_key(array: zarr.Array, coords: tuple[int, ...]) -> str:
 def read_chunk(array: zarr.Array, coords: tuple[int, ...]) -> np.ndarray:
     """One chunk (clipped to the array's edge), as stored; DataError naming the array and
     chunk when it cannot be decoded or is missing (reads as the NaN fill value)."""
-    sel = tuple(
-        slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(coords, array.chunks, array.shape, strict=True)
-    )
+    sel = tuple(slice(c * k, min((c + 1) * k, s)) for c, k, s in zip(coords, array.chunks, array.shape, strict=True))
     try:
         a = array[sel]
     except Exception as e:
@@ -223,9 +219,7 @@ def verify(path: str | Path, rank: int = 0, size: int = 1) -> list[str]:
     names = list(attrs["arrays"])
     sums = _split_checksums(root, attrs)
     if rank == 0 and sums != attrs.get("checksums"):
-        problems.append(
-            f"split checksums in the attributes do not match the unit digests: {attrs.get('checksums')}"
-        )
+        problems.append(f"split checksums in the attributes do not match the unit digests: {attrs.get('checksums')}")
     for i, unit in enumerate(_all_units(attrs)):
         if i % size != rank:
             continue
@@ -253,8 +247,6 @@ def _read_unit(array: zarr.Array, row: int) -> np.ndarray:
     start, stop = row * array.chunks[0], min((row + 1) * array.chunks[0], array.shape[0])
     out = np.empty((stop - start, *array.shape[1:]), dtype=array.dtype)
     for coords, part in parts.items():
-        sel = tuple(
-            slice(c * k, c * k + n) for c, k, n in zip(coords, array.chunks[1:], part.shape[1:], strict=True)
-        )
+        sel = tuple(slice(c * k, c * k + n) for c, k, n in zip(coords, array.chunks[1:], part.shape[1:], strict=True))
         out[(slice(None), *sel)] = part
     return out

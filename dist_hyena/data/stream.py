@@ -114,10 +114,8 @@ class StreamingDataset(IterableDataset):
             if k < self.start or (k - self.start) % n_workers != worker:
                 continue
             arrays = reader.read(ids, t0, t1)
-            batch = {
-                name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-                for name, a in arrays.items()
-            }
+            # C-contiguous and writeable: a view of a shared (cached) array is copied, never aliased
+            batch = {name: torch.from_numpy(np.require(a, np.float32, ["C", "W"])) for name, a in arrays.items()}
             batch["index"] = torch.from_numpy(ids.astype(np.int64))
             yield batch
 
@@ -128,8 +126,9 @@ class StreamingLoader:
     [B, 1, 3]), "index" [B] int64; n_loc is this SP rank's token block.
 
     `path` is a store directory or a GeneratedRecall. An epoch that runs to the end moves
-    the loader to the next epoch; set_epoch(e) with a different e starts epoch e from its
-    first batch (with the same e it keeps the position, so it is safe after resuming).
+    the loader to the next epoch; set_epoch(e) starts epoch e from its first batch;
+    load_state_dict(state) makes the next iteration continue exactly where `state` was taken.
+    With num_workers = 0, `reader.chunk_reads` counts the chunks decoded.
     """
 
     def __init__(
@@ -150,13 +149,8 @@ class StreamingLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.source = path if isinstance(path, GeneratedRecall) else Path(path)
-        self.split, self.batch_size, self.seed, self.shuffle, self.drop_last = (
-            split,
-            batch_size,
-            seed,
-            shuffle,
-            drop_last,
-        )
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.dp_rank, self.dp_size, self.sp_rank, self.sp_size = dp_rank, dp_size, sp_rank, sp_size
         self.num_workers, self.prefetch = num_workers, prefetch
         self.epoch, self.position = 0, 0
@@ -186,8 +180,8 @@ class StreamingLoader:
         return self._n_batches
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+        """Start epoch `epoch` from its first batch (after load_state_dict, just iterate)."""
+        self.epoch, self.position = epoch, 0
 
     def state_dict(self) -> dict:
         return {
@@ -214,7 +208,7 @@ class StreamingLoader:
         if self.num_workers > 0:
             batches = iter(
                 DataLoader(
-                    dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch
+                    dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=max(1, self.prefetch)
                 )
             )
         else:

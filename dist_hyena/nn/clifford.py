@@ -38,16 +38,63 @@ class CliffordLinear(nn.Module):
         return y
 
 
-def _product_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _product_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sparse form of the Cayley table: for output blade k and left blade i, the single right
-    blade j with blade_i * blade_j ∝ blade_k, its sign, and the grade path (g_i, g_j, g_k)."""
+    blade j with blade_i * blade_j ∝ blade_k (``right [k, i]``), its sign and the grade path
+    (g_i, g_j, g_k) (``path [k, i]``); and for output k and right blade j the single left blade
+    (``left [k, j]``)."""
     table = algebra.cayley_table(torch.float64)
-    partner = table.abs().argmax(dim=1)  # [i, k] -> j
-    right = partner.T.contiguous()  # [k, i]
-    sign = table.gather(1, partner[:, None, :]).squeeze(1).T  # [k, i]
+    right = table.abs().argmax(dim=1).T.contiguous()  # [i, k] -> j, stored [k, i]
+    left = table.abs().argmax(dim=0).T.contiguous()  # [j, k] -> i, stored [k, j]
+    sign = table.gather(1, right.T[:, None, :]).squeeze(1).T  # [k, i]
     g = algebra.grade_index()
     path = (g[None, :] * algebra.N_GRADES + g[right]) * algebra.N_GRADES + g[:, None]  # [k, i]
-    return right, sign, path
+    return right, left, sign, path
+
+
+# Rows (token x channel pairs) per chunk of the product's [rows, 8, 8] temporaries: ~32 MiB in float32,
+# so the transient memory stays flat however long the sequence is.
+_CHUNK_ROWS = 2**17
+
+
+class _WeightedProduct(torch.autograd.Function):
+    """y[..., o, k] = sum_i a[..., o, i] b[..., o, right[k, i]] coef[o, k, i]: the Cayley product with a
+    weight per channel and output/left blade pair. Autograd would keep the [..., o, 8, 8] gathered operands
+    (16x the inputs); this keeps only a and b and rebuilds the rest chunk by chunk in backward."""
+
+    @staticmethod
+    def forward(ctx, a, b, coef, right, left):
+        ctx.save_for_backward(a, b, coef, right, left)
+        o = coef.shape[0]
+        # Dense weighted Cayley tensor [o, i, j, k]: one einsum (a batched matmul) beats the gather.
+        dense = coef.new_zeros(o, 8, 8, 8)
+        k_idx, i_idx = torch.meshgrid(torch.arange(8, device=coef.device), torch.arange(8, device=coef.device),
+                                      indexing="ij")
+        dense[:, i_idx, right, k_idx] = coef
+        a2, b2 = a.reshape(-1, o, 8), b.reshape(-1, o, 8)
+        out = torch.empty_like(a2)
+        step = max(1, _CHUNK_ROWS // o)
+        for s in range(0, a2.shape[0], step):
+            out[s : s + step] = torch.einsum("toi,toj,oijk->tok", a2[s : s + step], b2[s : s + step], dense)
+        return out.view_as(a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b, coef, right, left = ctx.saved_tensors
+        o = coef.shape[0]
+        a2, b2, g2 = a.reshape(-1, o, 8), b.reshape(-1, o, 8), grad.reshape(-1, o, 8)
+        coef_by_right = coef.gather(2, left.expand(o, 8, 8))  # [o, k, j]: coef at the left partner of (k, j)
+        grad_a, grad_b, grad_coef = torch.empty_like(a2), torch.empty_like(b2), torch.zeros_like(coef)
+        step = max(1, _CHUNK_ROWS // o)
+        for s in range(0, a2.shape[0], step):
+            sl = slice(s, s + step)
+            gk = g2[sl].unsqueeze(-1)  # [t, o, k, 1]
+            b_right = b2[sl][..., right]  # [t, o, k, i]
+            grad_a[sl] = (gk * b_right * coef).sum(-2)
+            grad_coef += torch.einsum("tok,toki->oki", g2[sl], a2[sl].unsqueeze(-2) * b_right)
+            del b_right
+            grad_b[sl] = (gk * a2[sl][..., left] * coef_by_right).sum(-2)
+        return grad_a.view_as(a), grad_b.view_as(b), grad_coef, None, None
 
 
 class GeometricProduct(nn.Module):
@@ -61,8 +108,9 @@ class GeometricProduct(nn.Module):
         self.right = CliffordLinear(in_channels, out_channels)
         self.path_weight = nn.Parameter(torch.randn(out_channels, algebra.N_GRADES**3) / math.sqrt(algebra.N_GRADES))
         self.norm_gate = nn.Parameter(torch.zeros(out_channels, algebra.N_GRADES))
-        right, sign, path = _product_tables()
+        right, left, sign, path = _product_tables()
         self.register_buffer("right_blade", right, persistent=False)
+        self.register_buffer("left_blade", left, persistent=False)
         self.register_buffer("sign", sign.float(), persistent=False)
         self.register_buffer("path", path, persistent=False)
         self.register_buffer("grades", algebra.grade_index(), persistent=False)
@@ -77,9 +125,9 @@ class GeometricProduct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.left(x)  # [..., o, 8]
-        b = self._normalise(self.right(x))[..., self.right_blade]  # [..., o, 8 (k), 8 (i)]
+        b = self._normalise(self.right(x))  # [..., o, 8]
         coef = self.sign.to(x.dtype) * self.path_weight[:, self.path]  # [o, k, i]
-        product = (a.unsqueeze(-2) * b * coef).sum(-1)
+        product = _WeightedProduct.apply(a, b, coef, self.right_blade, self.left_blade)
         return (self.skip(x) + product) / math.sqrt(2)
 
 

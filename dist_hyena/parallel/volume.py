@@ -25,8 +25,9 @@ INT64_BYTES = 8
 
 
 def conv_bytes(strategy: str, mode: str, n_tokens: int, sp: int, n_vector: int, n_scalar: int,
-               itemsize: int) -> dict[str, int]:
-    """Forward bytes per ledger op, summed over the SP group, for one ``SequenceParallelConv`` call.
+               itemsize: int, batch: int = 1) -> dict[str, int]:
+    """Forward bytes per ledger op, summed over the SP group, for one ``SequenceParallelConv`` call
+    on ``batch`` samples of ``n_tokens``.
 
     ``itemsize``: bytes of one number on the wire (the input dtype for ``channels``; the FFT
     dtype, at least float32, for ``fft``).
@@ -38,10 +39,12 @@ def conv_bytes(strategy: str, mode: str, n_tokens: int, sp: int, n_vector: int, 
         parts = channel_partition(n_vector, n_scalar, sp)
         w_in = [6 * len(v) + 2 * len(s) for v, s in parts]
         w_out = [3 * len(v) + len(s) for v, s in parts]
-        out["to_channel_layout"] = itemsize * sum(n * (sum(w_in) - w) for n, w in zip(counts, w_in, strict=True))
-        out["to_token_layout"] = itemsize * sum(w * (n_tokens - n) for n, w in zip(counts, w_out, strict=True))
+        scale = batch * itemsize
+        out["to_channel_layout"] = scale * sum(n * (sum(w_in) - w) for n, w in zip(counts, w_in, strict=True))
+        out["to_token_layout"] = scale * sum(w * (n_tokens - n) for n, w in zip(counts, w_out, strict=True))
         return out
     m = n_tokens // sp
+    itemsize *= batch  # every sample's columns travel side by side
     r = conv_length(n_tokens, mode) // n_tokens
     columns = 3 * n_vector + n_scalar
     out["fft.rows_to_columns"] = itemsize * 2 * columns * (sp - 1) * m

@@ -51,9 +51,14 @@ def test_missing_chunk_is_named(manybody_store, tmp_path):
 def test_corrupt_chunk_is_named(manybody_store, tmp_path):
     store = _copy(manybody_store, tmp_path)
     chunk = store / "val/positions/c/1/1/2/0"
-    chunk.write_bytes(chunk.read_bytes()[:20])  # cut short, as by a crash mid-write
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: bit rot
+    chunk.write_bytes(bytes(data))
+    cut = store / "train/velocities/c/5/0/3/0"
+    cut.write_bytes(cut.read_bytes()[:20])  # cut short, as by a crash mid-write
     problems = verify(store)
     assert any("val/positions" in p and "c/1/1/2/0" in p and "corrupt" in p for p in problems), problems
+    assert any("train/velocities" in p and "c/5/0/3/0" in p and "corrupt" in p for p in problems), problems
 
 
 def test_changed_values_fail_the_checksum(manybody_store, tmp_path):
@@ -118,3 +123,19 @@ def test_existing_data_is_never_overwritten(manybody_store, tmp_path):
     with pytest.raises(DataError, match="not a zarr store"):
         generate_store("nbody5", foreign, train=2, val=0, test=0)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_a_store_cut_short_while_being_created_is_completed(tmp_path):
+    settings = dict(seed=1, n_tokens=9, train=5, val=2, test=0, samples_per_chunk=2)
+    clean = generate_store("recall", tmp_path / "clean", **settings)
+    cut = tmp_path / "cut"
+    shutil.copytree(clean, cut)
+    shutil.rmtree(cut / "val")  # as if rank 0 died before creating the val arrays
+    shutil.rmtree(cut / "train/tokens/c/1")  # ...and a unit's data went missing with its digest
+    shutil.rmtree(cut / "train/unit_sha256/c/1")
+    meta = json.loads((cut / "zarr.json").read_text())
+    meta["attributes"].update(complete=False, checksums=None)
+    del meta["attributes"]["checksums"]
+    (cut / "zarr.json").write_text(json.dumps(meta))
+    generate_store("recall", cut, **settings)
+    assert tree_bytes(cut) == tree_bytes(clean)

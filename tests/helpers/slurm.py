@@ -141,7 +141,7 @@ def slurm_cluster(root: Path, start_timeout: float = 60) -> Iterator[SlurmCluste
         raise AssertionError("the SLURM test cluster runs its daemons as root; run the tests as root")
 
     root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o700)  # munged refuses key and socket folders that others can write
+    root.chmod(0o755)  # munged wants its socket folder searchable by all, writable by its owner only
     node = socket.gethostname().split(".")[0]
     key, sock = root / "munge.key", root / "munge.socket"
     subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True)

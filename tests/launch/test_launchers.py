@@ -70,6 +70,19 @@ def test_accelerate_launch(tmp_path):
     assert {r["launcher"] for r in reports} == {"torch"}
 
 
+def test_accelerate_launch_two_machines(tmp_path):
+    config = REPO_ROOT / "configs" / "accelerate" / "two_nodes.yaml"
+    port = str(free_port())
+    # One rank per simulated machine: the config's 16 ranks overridden to 2 for this host's cores.
+    machines = [start(["accelerate", "launch", "--config_file", str(config), "--num_processes", "2",
+                       "--machine_rank", str(m), "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+                       PROBE, str(tmp_path)])
+                for m in range(2)]
+    for machine in machines:
+        finish(machine, timeout=180)
+    assert _local_ranks(probe_reports(tmp_path, world=2)) == [0, 0]
+
+
 def test_mpiexec(tmp_path):
     run_launcher([*mpiexec_args(2), sys.executable, PROBE, str(tmp_path)], timeout=180)
     reports = probe_reports(tmp_path, world=2)

@@ -124,7 +124,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     model.zero_grad()
     model.cfg.activation_checkpointing = False
     model(x, f)[0].square().sum().backward()
-    for a, p in zip(with_ckpt, model.parameters()):
+    for a, p in zip(with_ckpt, model.parameters(), strict=True):
         assert torch.allclose(a, p.grad, rtol=1e-12, atol=1e-14)
 
 

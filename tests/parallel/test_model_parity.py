@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 
 from dist_hyena import HyenaConfig, SE3HyenaModel
-from dist_hyena.parallel import init_mesh, shard_sequence
+from dist_hyena.parallel import init_mesh, ledger, shard_sequence
+from dist_hyena.parallel.volume import conv_bytes
 from tests.helpers.distributed import run_ranks
 from tests.helpers.equivariance import random_rotation, relative_error, rigid_motion, rotate
 
@@ -105,6 +106,18 @@ def _equivariance(mesh, head, strategy):
     return max(relative_error(x_rot, expected), relative_error(f_rot, f_out))
 
 
+def _ledger(mesh, strategy, n):
+    """Ledger totals of one forward + backward of the n-body model, per (layer, op)."""
+    cfg = HyenaConfig(sp_strategy=strategy)
+    _, sp = _models(cfg, mesh, torch.float64)
+    ledger.name_layers(sp)
+    x, f = _inputs(cfg, n, torch.float64, seed=2)
+    with ledger.recording() as log:
+        out_x, out_f = sp(shard_sequence(x, mesh), shard_sequence(f, mesh))
+        (out_x.sum() + out_f.sum()).backward()
+    return log.totals()
+
+
 def _all_checks(rank, world):
     mesh = init_mesh(sp=world)
     out = {"parity": {}, "equivariance": {}}
@@ -113,6 +126,7 @@ def _all_checks(rank, world):
     for head in HEADS:
         for strategy in ("channels", "fft"):
             out["equivariance"][(head, strategy)] = _equivariance(mesh, head, strategy)
+    out["ledger"] = {s: _ledger(mesh, s, 4 * world) for s in ("channels", "fft")}
     return out
 
 
@@ -137,3 +151,25 @@ def test_equivariance_sharded(group):
     for r, res in enumerate(results):
         for key, err in res["equivariance"].items():
             assert err <= 1e-10, f"sp={p} rank {r} {key}: equivariance error {err:.3e}"
+
+
+@pytest.mark.timeout(250)
+def test_ledger_per_layer(group):
+    """Each block's conv is its own ledger layer, and its traffic is the closed-form volume."""
+    p, results = group
+    cfg = HyenaConfig()
+    for strategy in ("channels", "fft"):
+        measured: dict = {}
+        for res in results:
+            for key, nbytes in res["ledger"][strategy].items():
+                measured[key] = measured.get(key, 0) + nbytes
+        forward = conv_bytes(strategy, "circular", 4 * p, p, cfg.vector_width, cfg.scalar_width, itemsize=8,
+                               batch=2)
+        for i in range(cfg.n_blocks):
+            layer = f"blocks.{i}.operator.context"
+            got = {op: b for (name, op), b in measured.items() if name == layer}
+            expected = forward | {f"{op}.backward": b for op, b in forward.items() if op != "token_counts"}
+            assert got == expected, f"sp={p} {strategy} {layer}"
+        # Outside the convs only the token count and the centroid are reduced (tiny all-reduces).
+        others = {op for (name, op) in measured if not name.startswith("blocks.")}
+        assert others <= {"all_reduce", "all_reduce.backward"}, others
