@@ -63,7 +63,8 @@ def evaluate(engine, loader: StreamingLoader, task: str, mesh: Mesh, max_batches
     """Mean squared error over the validation split (every dp rank its share; the same number of
     batches on every rank, as ZeRO-3 gathers parameters collectively)."""
     engine.eval()
-    loader.set_epoch(0)
+    # Every validation reads the split from its start, also after one cut short by max_batches.
+    loader.load_state_dict({**loader.state_dict(), "epoch": 0, "position": 0})
     sse = count = 0.0
     with torch.no_grad():
         for i, batch in enumerate(loader):

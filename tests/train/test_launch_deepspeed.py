@@ -22,7 +22,8 @@ def _deepspeed(*args: str) -> str:
 
 @pytest.mark.timeout(660)
 def test_deepspeed_two_ranks_trains_checkpoints_resumes_exports(tmp_path):
-    run = small_run_overrides(tmp_path, "e2e") + ["parallel.sp=2", "train.steps=8", "optim.schedule=constant"]
+    run = small_run_overrides(tmp_path, "e2e") + ["parallel.sp=2", "train.steps=8", "optim.schedule=constant",
+                                                  "eval.every=2"]
     run_dir = tmp_path / "runs" / "e2e"
     _deepspeed(*run, "train.stop_at=4")
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000004"
@@ -33,13 +34,15 @@ def test_deepspeed_two_ranks_trains_checkpoints_resumes_exports(tmp_path):
     losses = {r["step"]: r["loss"] for r in records if "loss" in r}
     assert sorted(losses) == list(range(1, 9))
     assert losses[8] < 0.7 * losses[1], f"loss did not fall: {losses}"
+    assert [r["step"] for r in records if "val_mse" in r] == [2, 4, 6, 8]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["start_step"] == 4 and summary["steps"] == 8
     assert (run_dir / "loss_curve.png").stat().st_size > 0
     assert any((run_dir / "tensorboard").iterdir())
 
     # The exported fp32 weights, in one process without DeepSpeed, reproduce the final
-    # validation MSE that the two sequence-parallel ranks computed on the same batch.
+    # validation MSE that the two sequence-parallel ranks computed on the same first batch
+    # (each validation of a job restarts the split, so the second one of the job did too).
     model = load_exported(run_dir / "model.pt")
     batch = next(iter(StreamingLoader(tmp_path / "manybody8", "val", 4, shuffle=False)))
     with torch.no_grad():
