@@ -113,7 +113,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         start = state["step"]
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        # The model section as built (input widths filled in from the dataset), for export.
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
         print(f"[dist_hyena] run {cfg.run.name}: world {world} = dp {mesh.dp} x sp {mesh.sp}, {task} "
               f"{n_tokens} tokens/sample, " + (f"resumed from {tags[-1]}" if tags else "from scratch"), flush=True)
     log = MetricsLogger(run_dir, main, cfg.train.steps, start)

@@ -3,13 +3,15 @@ a few steps with a checkpoint, a second job that resumes from it, falling loss, 
 observability files, and the exported model loaded without DeepSpeed."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from dist_hyena.data import StreamingLoader
 from dist_hyena.train.export import load_exported
-from tests.helpers.launch import REPO_ROOT, free_port, run_launcher
+from tests.helpers.launch import REPO_ROOT, free_port, launch_env, run_launcher
 from tests.helpers.training import small_run_overrides
 
 TRAIN = str(REPO_ROOT / "launch" / "train.py")
@@ -49,3 +51,11 @@ def test_deepspeed_two_ranks_trains_checkpoints_resumes_exports(tmp_path):
         pred, _ = model(batch["x"], batch["f"])
     mse = (pred - batch["y"]).square().mean().item()
     assert mse == pytest.approx(summary["val_mse"], rel=1e-5)
+
+    # Any other complete checkpoint exports from the command line.
+    out = tmp_path / "step4.pt"
+    subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "export.py"), str(run_dir), "--tag", "step_00000004",
+                    "--out", str(out)], check=True, env=launch_env(), capture_output=True)
+    early = load_exported(out).state_dict()
+    assert early.keys() == model.state_dict().keys()
+    assert any(not torch.equal(early[k], v) for k, v in model.state_dict().items())
