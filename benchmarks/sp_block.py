@@ -83,16 +83,18 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
 
     for _ in range(job["warmup"]):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(job["repeats"]):
         if mesh is not None:
             dist.barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with ledger.recording() as log:
             step()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     result = {
         "time_s": statistics.median(times),
+        "cpu_time_s": statistics.median(cpu_times),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_build_mib": rss_built,
         "ledger": {f"{layer}|{op}": b for (layer, op), b in log.totals().items()},
@@ -121,6 +123,8 @@ def run_job(job: dict) -> dict:
     summary = {
         "run": job["run"], "n_tokens": job["n_tokens"], "sp": job["sp"], "strategy": job["strategy"] or "one process",
         "time_fwd_bwd_s": max(r["time_s"] for r in ranks),  # the step ends when the slowest rank does
+        # CPU seconds each rank spent (all its threads): the work per rank, whatever else shares the machine.
+        "cpu_time_s_per_rank": [round(r["cpu_time_s"], 3) for r in ranks],
         "peak_rss_mib_per_rank": [round(r["peak_rss_mib"], 1) for r in ranks],
         "peak_rss_growth_mib_per_rank": [round(r["peak_rss_mib"] - r["rss_after_build_mib"], 1) for r in ranks],
         # Timings on a shared machine are only as good as its load: keep it beside them.
