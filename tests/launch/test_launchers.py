@@ -3,8 +3,9 @@ on one machine.
 
 Each test starts tests/launch/allreduce_probe.py through a launcher, as docs/launching.md
 tells a user to, and checks that both ranks found each other with the ranks and local
-ranks that mode implies. The one-node launchers (deepspeed, torchrun, accelerate, mpiexec,
-srun) are exercised by the training tests in test_train_launchers.py and test_slurm_train.py.
+ranks that mode implies. The one-node launchers run real training instead: torchrun,
+accelerate and mpiexec in test_train_launchers.py, srun in test_slurm_train.py, deepspeed in
+tests/train/test_launch_deepspeed.py.
 """
 
 import socket
