@@ -49,6 +49,12 @@ PRESETS = {
     },
 }
 _MAX_TOKENS_PER_CHUNK = 65536
+
+
+class PreparationError(store.DataError):
+    """The store could not be prepared; every rank raises it (none is left waiting)."""
+
+
 COMMANDS = {"nbody": "python datasets/nbody.py", "recall": "python datasets/recall.py"}
 
 
@@ -92,7 +98,7 @@ def build_store(
             error = f"{type(e).__name__}: {e}"
     plan, error = comm.bcast((plan, error), root=0)
     if error:
-        raise store.DataError(error)
+        raise PreparationError(error)
     mine = my_share(plan, comm.rank, comm.size)
     bar = tqdm(mine, desc=f"{out.name} rank 0/{comm.size}", unit="chunk", disable=not progress or comm.rank != 0)
     for unit in bar:

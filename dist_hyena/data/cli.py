@@ -8,7 +8,7 @@ import sys
 import traceback
 
 from dist_hyena.data import store
-from dist_hyena.data.build import PRESETS, build_store
+from dist_hyena.data.build import PRESETS, PreparationError, build_store
 from dist_hyena.data.work import world_comm
 
 
@@ -62,6 +62,10 @@ def run(args: argparse.Namespace, preset: str, task) -> int:
             comm=comm,
             progress=not args.no_progress,
         )
+    except PreparationError as e:  # every rank has it: a clean exit, no abort
+        if comm.rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except (store.DataError, ValueError, FileNotFoundError) as e:
         print(f"error (rank {comm.rank}): {e}", file=sys.stderr, flush=True)
         _stop(comm)

@@ -1,6 +1,6 @@
 """Readers: one split's samples, as model inputs for a token block (DESIGN §4.4).
 
-`StoreReader` reads a finished zarr store chunk by chunk, only the chunks that overlap the
+`StoreReader` reads a finished zarr store, decoding only the chunks that overlap the
 requested token block, caching decoded regions. `GeneratedRecall` makes recall samples on
 the fly from a seed (no store). Both give, for sample ids and a token block [t0, t1):
   x [B, n, C_in, 3]  n-body: position and velocity at the input frame; recall: the token
@@ -18,7 +18,7 @@ import numpy as np
 
 from dist_hyena.data import store
 from dist_hyena.data.layout import SPLITS
-from dist_hyena.data.recall_task import RecallTask, position_encoding
+from dist_hyena.data.recall_task import POSITION_DIM, RecallTask, position_encoding
 from dist_hyena.data.store import DataError
 
 _CACHE_BYTES = 256 * 2**20
@@ -53,7 +53,7 @@ class StoreReader:
         tokens = self._gather("tokens", indices, (slice(t0, t1), slice(None)))
         return {
             "x": tokens[:, :, None],
-            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, 16)),
+            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
             "y": self._gather("target", indices, (slice(None),))[:, None],
         }
 
@@ -129,6 +129,6 @@ class _GeneratedRecallReader:
         samples = [self.task.sample(self.split, int(i)) for i in indices]
         return {
             "x": np.stack([s[0][t0:t1] for s in samples])[:, :, None],
-            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, 16)),
+            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
             "y": np.stack([s[1] for s in samples])[:, None],
         }

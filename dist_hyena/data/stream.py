@@ -126,8 +126,9 @@ class StreamingLoader:
     [B, 1, 3]), "index" [B] int64; n_loc is this SP rank's token block.
 
     `path` is a store directory or a GeneratedRecall. An epoch that runs to the end moves
-    the loader to the next epoch; set_epoch(e) with a different e starts epoch e from its
-    first batch (with the same e it keeps the position, so it is safe after resuming).
+    the loader to the next epoch; set_epoch(e) starts epoch e from its first batch;
+    load_state_dict(state) makes the next iteration continue exactly where `state` was taken.
+    With num_workers = 0, `reader.chunk_reads` counts the chunks decoded.
     """
 
     def __init__(
@@ -179,8 +180,8 @@ class StreamingLoader:
         return self._n_batches
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+        """Start epoch `epoch` from its first batch (after load_state_dict, just iterate)."""
+        self.epoch, self.position = epoch, 0
 
     def state_dict(self) -> dict:
         return {

@@ -153,6 +153,8 @@ def test_resume_mid_epoch_gives_the_same_batches(manybody_store, num_workers):
     got += _epoch(resumed) + _epoch(resumed)
     _same_batches(got, want)
     assert resumed.state_dict()["epoch"] == 2
+    first.set_epoch(0)  # a broken-off epoch starts over from its first batch
+    _same_batches(_epoch(first), want[: len(first)])
 
 
 def test_missing_store_names_path_and_command(tmp_path):

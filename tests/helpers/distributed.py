@@ -33,7 +33,9 @@ def _rank_main(fn, rank, world, port, args, results):
     import torch
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    # One node: LOCAL_RANK = RANK (DeepSpeed's engine insists on LOCAL_RANK being set).
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)  # P ranks share the machine's few cores
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -1,0 +1,234 @@
+"""Run configuration: typed, strict YAML (`configs/*.yaml`) plus `section.key=value` overrides.
+
+Every section is a dataclass; unknown keys and values of the wrong type are errors that
+name the file, the dotted key and the value. The `model` section is `HyenaConfig` itself,
+except its input widths, which come from the dataset (`vector_in`, `scalar_in`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dist_hyena.config import HyenaConfig
+
+# The repository's configs/ (this file is dist_hyena/train/config.py).
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A bad run configuration; the message names the file and the dotted key."""
+
+
+@dataclass
+class RunSection:
+    name: str = "default"
+    seed: int = 0  # model initialisation and data order
+    out_dir: str = "runs"  # metrics, TensorBoard, checkpoints and plots go to out_dir/name/
+
+
+@dataclass
+class DataSection:
+    path: str = "data/nbody_small"  # zarr store directory
+    source: Literal["store", "generated"] = "store"  # "generated": recall made on the fly, no store
+    preset: str = "nbody5"  # dist_hyena.data preset used to create a missing store
+    seed: int = 0  # dataset generation seed
+    generate: dict[str, Any] = field(default_factory=dict)  # generate_store keyword arguments
+    num_workers: int = 0
+    prefetch: int = 2
+
+
+@dataclass
+class ParallelSection:
+    sp: int = 1  # sequence-parallel ranks per sample; dp = world // sp
+
+
+@dataclass
+class OptimSection:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.0  # sgd only
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # final lr / lr for cosine and linear decay
+
+
+@dataclass
+class TrainSection:
+    steps: int = 200  # optimizer steps
+    batch_size: int = 16  # samples per optimizer step, over all data-parallel ranks
+    grad_accum: int = 1  # micro-batches per optimizer step
+    stop_at: int = 0  # end this job after that step, with a checkpoint (a time-limited job); 0: at steps
+    deepspeed: str = "deepspeed/zero1.json"  # relative paths: from the YAML file's directory
+
+
+@dataclass
+class EvalSection:
+    every: int = 50  # optimizer steps between validations (0: only at the end)
+    batches: int = 0  # validation batches per rank (0: the whole split)
+    batch_size: int = 16  # samples per validation batch per data-parallel rank
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 100  # optimizer steps between checkpoints (0: only at the end)
+    keep: int = 2  # complete checkpoints kept (0: all)
+
+
+@dataclass
+class LogSection:
+    every: int = 10  # optimizer steps between logged metrics
+
+
+@dataclass
+class TrainConfig:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: HyenaConfig = field(default_factory=HyenaConfig)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _typename(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value, tp, key: str, where: str):
+    """`value` checked against the annotation `tp` (recursing into dataclasses and containers)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ConfigError(f"{where}: {key} = {value!r} is not a valid {_typename(tp)}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {key} = {value!r} must be one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _convert(value, option, key, where)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is not None:
+            raise bad
+        return None
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = args[0] if args else Any
+        items = [_convert(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _convert(v, args[1] if args else Any, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        # PyYAML reads `1e-4` (no dot) as a string; accept any number spelled as one.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise ConfigError(f"{where}: {key}: unsupported annotation {tp!r}")
+
+
+def _build(cls, data, prefix: str, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix or 'the config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        raise ConfigError(f"{where}: unknown key(s) {keys}; known: {sorted(names)}")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k, where) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {prefix}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`"optim.lr=3e-4"` -> (["optim", "lr"], "3e-4" parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    return key.split("."), yaml.safe_load(raw) if raw else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML run config (None: all defaults) and apply `section.key=value` overrides."""
+    data: dict = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for part in keys[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[keys[-1]] = value
+    if overrides:
+        where += " with overrides " + " ".join(overrides)
+    cfg = _build(TrainConfig, data, "", where)
+    base = Path(path).parent if path is not None else DEFAULT_CONFIG.parent
+    cfg.train.deepspeed = str(base / cfg.train.deepspeed)
+    return cfg
