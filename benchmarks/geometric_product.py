@@ -58,7 +58,7 @@ def run(tokens: int, widths: list[tuple[int, int]], repeats: int) -> list[dict]:
         torch.manual_seed(0)
         layer = GeometricProduct(c_in, c_out)
         x = torch.randn(1, tokens, c_in, 8, requires_grad=True)
-        impl = {"before": lambda: gather_forward(layer, x), "after": lambda: layer(x)}
+        impl = {"before": lambda l=layer, x=x: gather_forward(l, x), "after": lambda l=layer, x=x: l(x)}
         with torch.no_grad():
             max_diff = (impl["before"]() - impl["after"]()).abs().max().item()
         times = {f"{k}_{p}": [] for k in impl for p in ("forward_s", "forward_backward_s")}
