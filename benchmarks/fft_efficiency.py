@@ -83,8 +83,10 @@ def main() -> None:
     ap.add_argument("--vector-channels", type=int, default=1, help="Cv (n-body model: 1)")
     ap.add_argument("--scalar-channels", type=int, default=8, help="D (n-body model: 8)")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args()
+    harness.set_threads(args.threads)
     modes = ["circular", "causal"]
     if args.quick:
         args.sizes, args.repeats, modes = [256], 2, ["circular"]

@@ -88,8 +88,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: few tokens, results to a temp dir")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args()
+    harness.set_threads(args.threads)
     widths = [(9, 16), (17, 128)]  # n-body operator input -> hidden; recall operator input -> hidden
     if args.quick:
         args.tokens, args.repeats, widths = 64, 1, [(3, 4)]

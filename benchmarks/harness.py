@@ -96,3 +96,11 @@ def machine() -> dict:
 
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "mem_available_gib": round(available_bytes() / GIB, 1), "load_avg_1m": os.getloadavg()[0]}
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads. On a shared, oversubscribed machine OpenMP threads spin at barriers waiting for
+    each other and small ops get 10-30x slower; one thread per process gives stable numbers there."""
+    import torch
+
+    torch.set_num_threads(n)

@@ -66,10 +66,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=2**23)
     ap.add_argument("--cap-gib", type=float, default=None, help="memory cap per run (default: free now - 1.5)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per point")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args()
+    harness.set_threads(args.threads)
     if args.point:
-        print(json.dumps(measure(json.loads(args.point))))
+        point = json.loads(args.point)
+        harness.set_threads(point["threads"])
+        print(json.dumps(measure(point)))
         return
     if args.quick:
         args.start, args.max_tokens = 512, 512
@@ -80,7 +84,8 @@ def main() -> None:
     for ckpt in (False, True):
         n = args.start
         while n <= args.max_tokens:
-            r = harness.run_point(__file__, {"n": n, "checkpointing": ckpt, "cap_bytes": cap}, args.timeout)
+            point = {"n": n, "checkpointing": ckpt, "cap_bytes": cap, "threads": args.threads}
+            r = harness.run_point(__file__, point, args.timeout)
             print(json.dumps(r), file=sys.stderr)
             runs.append(r)
             if not r["fits"]:

@@ -98,10 +98,14 @@ def main() -> None:
     ap.add_argument("--cap-gib", type=float, default=12.0, help="memory cap per run")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per point")
     ap.add_argument("--budget", type=float, default=5.0, help="seconds of repeats per timing")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args()
+    harness.set_threads(args.threads)
     if args.point:
-        print(json.dumps(measure(json.loads(args.point))))
+        point = json.loads(args.point)
+        harness.set_threads(point["threads"])
+        print(json.dumps(measure(point)))
         return
     widths = WIDTHS
     if args.quick:
@@ -114,7 +118,8 @@ def main() -> None:
         for mixer in MIXERS:
             if mixer in stopped:
                 continue
-            point = {"mixer": mixer, "n": n, "cap_bytes": cap, "widths": widths, "budget_s": args.budget}
+            point = {"mixer": mixer, "n": n, "cap_bytes": cap, "widths": widths, "budget_s": args.budget,
+                     "threads": args.threads}
             r = harness.run_point(__file__, point, args.timeout)
             r.pop("cap_bytes", None)
             r.pop("widths", None)
