@@ -23,16 +23,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
 PAPER_FORWARD_TOKENS = 3_500_000  # one layer, forward only, 24 GB A10G (DESIGN §2)
+# name -> (activation checkpointing per block, token-chunked recompute in every Clifford MLP)
+VARIANTS = {"plain": (False, False), "checkpointing": (True, False), "checkpointing+mlp_chunks": (True, True)}
 
 
 def measure(point: dict) -> dict:
     import torch
 
     from dist_hyena import HyenaConfig, SE3HyenaModel
+    from dist_hyena.nn import CliffordMLP
 
     harness.cap_memory(point["cap_bytes"])
     torch.manual_seed(0)
     model = SE3HyenaModel(HyenaConfig(activation_checkpointing=point["checkpointing"]))
+    for module in model.modules():
+        if isinstance(module, CliffordMLP):
+            module.token_chunk = point["token_chunk"]
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
     n = point["n"]
     base = harness.rss_bytes()
@@ -65,6 +71,7 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=2**16, help="first N (doubles from there)")
     ap.add_argument("--max-tokens", type=int, default=2**23)
     ap.add_argument("--cap-gib", type=float, default=None, help="memory cap per run (default: free now - 1.5)")
+    ap.add_argument("--token-chunk", type=int, default=16384, help="tokens per MLP recompute chunk")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per point")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
@@ -76,15 +83,16 @@ def main() -> None:
         print(json.dumps(measure(point)))
         return
     if args.quick:
-        args.start, args.max_tokens = 512, 512
+        args.start, args.max_tokens, args.cap_gib = 512, 512, args.cap_gib or 2.0
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
     cap = int((args.cap_gib * harness.GIB) if args.cap_gib else min(20 * harness.GIB,
                                                                      harness.available_bytes() - 1.5 * harness.GIB))
     runs = []
-    for ckpt in (False, True):
+    for variant, (ckpt, chunk) in VARIANTS.items():
         n = args.start
         while n <= args.max_tokens:
-            point = {"n": n, "checkpointing": ckpt, "cap_bytes": cap, "threads": args.threads}
+            point = {"variant": variant, "n": n, "checkpointing": ckpt, "token_chunk": args.token_chunk if chunk else None,
+                     "cap_bytes": cap, "threads": args.threads}
             r = harness.run_point(__file__, point, args.timeout)
             print(json.dumps(r), file=sys.stderr)
             runs.append(r)
@@ -92,10 +100,10 @@ def main() -> None:
                 break
             n *= 2
     summary = {}
-    for ckpt in (False, True):
-        ok = [r for r in runs if r["checkpointing"] == ckpt and r["fits"]]
+    for variant in VARIANTS:
+        ok = [r for r in runs if r["variant"] == variant and r["fits"]]
         best = max(ok, key=lambda r: r["n"]) if ok else None
-        summary["checkpointing" if ckpt else "no_checkpointing"] = {
+        summary[variant] = {
             "largest_n": best["n"] if best else 0,
             "bytes_per_token": best["bytes_per_token"] if best else None,
             "step_s": best["step_s"] if best else None,
@@ -115,10 +123,9 @@ def plot(payload: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for ckpt, style in ((False, "o-"), (True, "s-")):
-        pts = [r for r in payload["runs"] if r["checkpointing"] == ckpt and r["fits"]]
-        ax.plot([r["n"] for r in pts], [r["peak_bytes"] / harness.GIB for r in pts], style,
-                label="activation checkpointing" if ckpt else "no checkpointing")
+    for variant, style in zip(VARIANTS, ("o-", "s-", "^-"), strict=True):
+        pts = [r for r in payload["runs"] if r["variant"] == variant and r["fits"]]
+        ax.plot([r["n"] for r in pts], [r["peak_bytes"] / harness.GIB for r in pts], style, label=variant)
     ax.axhline(payload["cap_gib"], color="grey", ls="--", label=f"cap {payload['cap_gib']} GiB")
     ax.set(xscale="log", xlabel="tokens N", ylabel="peak memory of a training step (GiB)",
            title="n-body model, full training step, sp = 1")

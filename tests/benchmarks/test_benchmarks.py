@@ -34,7 +34,7 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         assert all(r["forward_s"] > 0 and r["forward_backward_peak_bytes"] > 0 for r in payload["runs"])
     if name == "longest_context":
         assert all(r["fits"] and r["bytes_per_token"] > 0 for r in payload["runs"])
-        assert {r["checkpointing"] for r in payload["runs"]} == {False, True}
+        assert {r["variant"] for r in payload["runs"]} == {"plain", "checkpointing", "checkpointing+mlp_chunks"}
     if name in ("fft_efficiency", "geometric_product"):
         assert payload["rows"] and all(v > 0 for r in payload["rows"] for k, v in r.items() if k.endswith("_s"))
     if name == "geometric_product":
