@@ -91,8 +91,8 @@ def main() -> None:
     for variant, (ckpt, chunk) in VARIANTS.items():
         n = args.start
         while n <= args.max_tokens:
-            point = {"variant": variant, "n": n, "checkpointing": ckpt, "token_chunk": args.token_chunk if chunk else None,
-                     "cap_bytes": cap, "threads": args.threads}
+            point = {"variant": variant, "n": n, "checkpointing": ckpt, "cap_bytes": cap, "threads": args.threads,
+                     "token_chunk": args.token_chunk if chunk else None}
             r = harness.run_point(__file__, point, args.timeout)
             print(json.dumps(r), file=sys.stderr)
             runs.append(r)
