@@ -24,7 +24,7 @@ from benchmarks import harness  # noqa: E402
 
 PAPER_FORWARD_TOKENS = 3_500_000  # one layer, forward only, 24 GB A10G (DESIGN §2)
 # name -> (activation checkpointing per block, token-chunked recompute in every Clifford MLP)
-VARIANTS = {"plain": (False, False), "checkpointing": (True, False), "checkpointing+mlp_chunks": (True, True)}
+VARIANTS = {"checkpointing+mlp_chunks": (True, True), "checkpointing": (True, False), "plain": (False, False)}
 
 
 def measure(point: dict) -> dict:
@@ -87,18 +87,21 @@ def main() -> None:
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
     cap = int((args.cap_gib * harness.GIB) if args.cap_gib else min(20 * harness.GIB,
                                                                      harness.available_bytes() - 1.5 * harness.GIB))
-    runs = []
+    runs: list[dict] = []
     for variant, (ckpt, chunk) in VARIANTS.items():
         n = args.start
         while n <= args.max_tokens:
             point = {"variant": variant, "n": n, "checkpointing": ckpt, "cap_bytes": cap, "threads": args.threads,
                      "token_chunk": args.token_chunk if chunk else None}
             r = harness.run_point(__file__, point, args.timeout)
-            print(json.dumps(r), file=sys.stderr)
             runs.append(r)
+            report(runs, cap, args.out)  # after every point: a long run stopped early still leaves its results
             if not r["fits"]:
                 break
             n *= 2
+
+
+def report(runs: list[dict], cap: int, out: Path) -> None:
     summary = {}
     for variant in VARIANTS:
         ok = [r for r in runs if r["variant"] == variant and r["fits"]]
@@ -112,8 +115,8 @@ def main() -> None:
     payload = {"benchmark": "longest_context", "model": "n-body (paper widths, 2 blocks)", "sp": 1,
                "cap_gib": round(cap / harness.GIB, 2), "paper_forward_tokens": PAPER_FORWARD_TOKENS,
                "machine": harness.machine(), "runs": runs, "summary": summary}
-    harness.save("longest_context", payload, args.out)
-    plot(payload, args.out / "longest_context.png")
+    harness.save("longest_context", payload, out)
+    plot(payload, out / "longest_context.png")
 
 
 def plot(payload: dict, path: Path) -> None:
