@@ -111,6 +111,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     source = _data_source(cfg, main)
     train_loader = _loader(source, "train", micro_batch_size(cfg, mesh.dp), mesh, cfg, shuffle=True)
     val_loader = _loader(source, "val", cfg.eval.batch_size, mesh, cfg, shuffle=False)
+    for split, loader, key in (("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")):
+        if len(loader) == 0:  # would end in a StopIteration or a division by zero far from the cause
+            raise ConfigError(f"{cfg.data.path if cfg.data.source == 'store' else 'the generated data'}: the {split} "
+                              f"split has {loader.reader.n_samples} samples, fewer than one batch ({key} = "
+                              f"{loader.batch_size} per data-parallel rank, dp = {mesh.dp})")
     meta = train_loader.meta
     task, n_tokens = meta["task"], meta["n_tokens"]
     model_cfg = _model_config(cfg, meta)
