@@ -113,9 +113,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     val_loader = _loader(source, "val", cfg.eval.batch_size, mesh, cfg, shuffle=False)
     for split, loader, key in (("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")):
         if len(loader) == 0:  # would end in a StopIteration or a division by zero far from the cause
-            raise ConfigError(f"{cfg.data.path if cfg.data.source == 'store' else 'the generated data'}: the {split} "
-                              f"split has {loader.reader.n_samples} samples, fewer than one batch ({key} = "
-                              f"{loader.batch_size} per data-parallel rank, dp = {mesh.dp})")
+            where = cfg.data.path if cfg.data.source == "store" else "the generated data"
+            raise ConfigError(f"{where}: the {split} split has {loader.reader.n_samples} samples, fewer than one "
+                              f"batch of {loader.batch_size} per data-parallel rank (from {key}, dp = {mesh.dp})")
     meta = train_loader.meta
     task, n_tokens = meta["task"], meta["n_tokens"]
     model_cfg = _model_config(cfg, meta)
