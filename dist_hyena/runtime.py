@@ -166,6 +166,18 @@ def _mpi_master_addr(rank: int) -> str:
     return MPI.COMM_WORLD.bcast(socket.gethostname() if rank == 0 else None, root=0)
 
 
+def gpu_index(local_rank: int, visible: int) -> int:
+    """The GPU of a rank: its local rank among the node's GPUs, or the only GPU it sees
+    (launchers such as ``srun --gpus-per-task=1`` give each rank its own CUDA_VISIBLE_DEVICES)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RuntimeError(
+            f"local rank {local_rank} has no GPU: this process sees {visible}; start at most one rank per GPU"
+        )
+    return local_rank
+
+
 def init_distributed(timeout_s: float = 300.0) -> Runtime:
     """Initialise ``torch.distributed`` (through DeepSpeed) for the launcher that started us.
 
@@ -185,22 +197,19 @@ def init_distributed(timeout_s: float = 300.0) -> Runtime:
     on_gpu = torch.cuda.is_available()
     backend = "nccl" if on_gpu else "gloo"
     if on_gpu:
-        if launch.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"local rank {launch.local_rank} has no GPU: this node sees {torch.cuda.device_count()}; "
-                "start at most one rank per GPU"
-            )
-        torch.cuda.set_device(launch.local_rank)
-        device = torch.device("cuda", launch.local_rank)
+        device = torch.device("cuda", gpu_index(launch.local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
 
     if not dist.is_initialized():
         # The env:// variables are what DeepSpeed, torch and any library below us read.
+        # DeepSpeed's engine takes LOCAL_RANK as its CUDA device index, so on GPUs it gets the
+        # index chosen above (0 when the launcher already gave each rank a single GPU).
         os.environ.update(
             RANK=str(launch.rank),
             WORLD_SIZE=str(launch.world_size),
-            LOCAL_RANK=str(launch.local_rank),
+            LOCAL_RANK=str(device.index if on_gpu else launch.local_rank),
             MASTER_ADDR=addr,
             MASTER_PORT=str(port),
         )
