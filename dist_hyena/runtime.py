@@ -178,6 +178,21 @@ def gpu_index(local_rank: int, visible: int) -> int:
     return local_rank
 
 
+_LOCAL_SIZE_KEYS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def cpu_threads(env: Mapping[str, str], world_size: int, cores: int) -> int:
+    """Math threads for one CPU rank: ``OMP_NUM_THREADS`` when the user set it, else the cores
+    shared out among the ranks of this node (all of ``world_size`` when the launcher does not
+    say). OpenMP threads that outnumber the cores spin against each other and slow small ops
+    by an order of magnitude."""
+    if "OMP_NUM_THREADS" in env:
+        return max(1, _int(env, "OMP_NUM_THREADS"))
+    key = next((k for k in _LOCAL_SIZE_KEYS if k in env), None)
+    local_size = _int(env, key) if key else world_size
+    return max(1, cores // max(1, local_size))
+
+
 def init_distributed(timeout_s: float = 300.0) -> Runtime:
     """Initialise ``torch.distributed`` (through DeepSpeed) for the launcher that started us.
 
@@ -201,6 +216,7 @@ def init_distributed(timeout_s: float = 300.0) -> Runtime:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        torch.set_num_threads(cpu_threads(os.environ, launch.world_size, len(os.sched_getaffinity(0))))
 
     if not dist.is_initialized():
         # The env:// variables are what DeepSpeed, torch and any library below us read.

@@ -55,6 +55,15 @@ def start(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_RO
     )
 
 
+def start_ranks(cmd: list[str], world: int, extra: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """Start ``cmd`` as ranks 0..world-1 of one job on this machine, each in its own process group,
+    with the variables a torch launcher would set: a fault test signals one rank, not a launcher."""
+    port = str(free_port())
+    return [start(cmd, launch_env({"RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **(extra or {})}))
+            for r in range(world)]
+
+
 def finish(proc: subprocess.Popen, timeout: float) -> str:
     """Wait for a started launcher; kill its whole process group and fail if it overruns or fails."""
     try:
