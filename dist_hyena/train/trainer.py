@@ -72,7 +72,8 @@ def evaluate(engine, loader: StreamingLoader, task: str, mesh: Mesh, max_batches
     """Mean squared error over the validation split (every dp rank its share; the same number of
     batches on every rank, as ZeRO-3 gathers parameters collectively)."""
     engine.eval()
-    loader.set_epoch(0)
+    # Every validation reads the split from its start, also after one cut short by max_batches.
+    loader.load_state_dict({**loader.state_dict(), "epoch": 0, "position": 0})
     sse = count = 0.0
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -129,7 +130,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         start = state["step"]
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        # The model section as built (input widths filled in from the dataset), for export.
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
         print(f"[dist_hyena] run {cfg.run.name}: world {world} = dp {mesh.dp} x sp {mesh.sp}, {task} "
               f"{n_tokens} tokens/sample, " + (f"resumed from {tags[-1]}" if tags else "from scratch"), flush=True)
     log = MetricsLogger(run_dir, main, cfg.train.steps, start)

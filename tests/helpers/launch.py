@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = str(REPO_ROOT / "tests" / "launch" / "allreduce_probe.py")
+TRAIN = str(REPO_ROOT / "launch" / "train.py")
 
 # Variables through which a launcher hands out ranks; a test's child must start without them.
 _RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -89,3 +90,21 @@ def probe_reports(out_dir: Path, world: int) -> list[dict]:
         assert rep["world_size"] == rep["dist_world_size"] == world, rep
         assert rep["sum"] == world * (world + 1) / 2, rep
     return reports
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> training loss, from the run's metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def assert_trained(run_dir: Path, steps: int, start_step: int = 0) -> dict[int, float]:
+    """The run logged every step 1..steps, its loss fell, and its final checkpoint is complete."""
+    losses = train_losses(run_dir)
+    assert sorted(losses) == list(range(1, steps + 1)), losses
+    assert losses[steps] < 0.5 * losses[1], f"loss did not fall: {losses}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["start_step"], summary["steps"]) == (start_step, steps), summary
+    assert (run_dir / "checkpoints" / f"step_{steps:08d}").is_dir()
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{steps:08d}"
+    return losses
