@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if math.isnan(step_loss):
                 if main:
                     print(f"[dist_hyena] {message}; step skipped (train.nonfinite = skip)", flush=True)
-                log.log(step, skipped="non-finite loss")
+                log.log(step, skipped_nonfinite=1)
             elif any_rank(not parameters_finite(engine), engine.device):
                 raise NonFiniteError(nonfinite_parameters_message(step, torch.cat(ids)))
             # The loss sum carries the termination flag: every rank learns of a SIGTERM to any one.
