@@ -44,7 +44,7 @@ class VectorAttention(nn.Module):
         return u_eqv, u_inv
 
 
-class DistanceAttention(nn.Module):
+class DistanceAttention(VectorAttention):
     """A stronger baseline (DESIGN §2.2): attention on invariant distances, by
     ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels, never an N x N
     matrix in memory).
@@ -55,14 +55,9 @@ class DistanceAttention(nn.Module):
     The logits are rotation-invariant, so u_eqv rotates with v_eqv. The distance expands as
     -|q|^2 + 2 q.k - |k|^2; the -|q_i|^2 term is the same for every j and cancels in the softmax, so the
     logits are one dot product of augmented rows [q_inv, 2 q_eqv, 1] . [k_inv, k_eqv, -|k_eqv|^2].
-    Same call signature as ``VectorAttention``; it is a mixer for the one-process baseline runs.
+    A ``VectorAttention`` in interface (same mode argument, same q, k, v call), so the operator can take
+    either; only the mixing rule differs.
     """
-
-    def __init__(self, mode: str = "circular"):
-        super().__init__()
-        if mode not in CONV_MODES:
-            raise ValueError(f"attention mode must be one of {CONV_MODES}, got {mode!r}")
-        self.causal = mode == "causal"
 
     def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv):
         """``q/k/v_eqv`` ``[B, N, C, 3]``, ``q/k/v_inv`` ``[B, N, D]`` -> ``(u_eqv [B, N, C, 3], u_inv [B, N, D])``."""

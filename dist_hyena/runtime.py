@@ -19,6 +19,7 @@ through DeepSpeed so DeepSpeed's communication layer sees the same group.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import zlib
@@ -166,6 +167,38 @@ def _mpi_master_addr(rank: int) -> str:
     return MPI.COMM_WORLD.bcast(socket.gethostname() if rank == 0 else None, root=0)
 
 
+def gpu_index(local_rank: int, visible: int) -> int:
+    """The GPU of a rank: its local rank among the node's GPUs, or the only GPU it sees
+    (launchers such as ``srun --gpus-per-task=1`` give each rank its own CUDA_VISIBLE_DEVICES)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RuntimeError(
+            f"local rank {local_rank} has no GPU: this process sees {visible}; start at most one rank per GPU"
+        )
+    return local_rank
+
+
+_LOCAL_SIZE_KEYS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def cpu_threads(env: Mapping[str, str], world_size: int, cores: int) -> int:
+    """Math threads for one CPU rank: ``OMP_NUM_THREADS`` when the user set it, else the cores
+    shared out among the ranks of this node (all of ``world_size`` when the launcher does not
+    say). OpenMP threads that outnumber the cores spin against each other and slow small ops
+    by an order of magnitude."""
+    if "OMP_NUM_THREADS" in env:
+        return max(1, _int(env, "OMP_NUM_THREADS"))
+    key = next((k for k in _LOCAL_SIZE_KEYS if k in env), None)
+    if key:
+        local_size = _int(env, key)
+    elif "SLURM_TASKS_PER_NODE" in env:  # always set by SLURM, e.g. "4(x2),3": take the first node's share
+        local_size = int(re.match(r"\d+", env["SLURM_TASKS_PER_NODE"]).group())
+    else:
+        local_size = world_size
+    return max(1, cores // max(1, local_size))
+
+
 def init_distributed(timeout_s: float = 300.0) -> Runtime:
     """Initialise ``torch.distributed`` (through DeepSpeed) for the launcher that started us.
 
@@ -185,22 +218,20 @@ def init_distributed(timeout_s: float = 300.0) -> Runtime:
     on_gpu = torch.cuda.is_available()
     backend = "nccl" if on_gpu else "gloo"
     if on_gpu:
-        if launch.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"local rank {launch.local_rank} has no GPU: this node sees {torch.cuda.device_count()}; "
-                "start at most one rank per GPU"
-            )
-        torch.cuda.set_device(launch.local_rank)
-        device = torch.device("cuda", launch.local_rank)
+        device = torch.device("cuda", gpu_index(launch.local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        torch.set_num_threads(cpu_threads(os.environ, launch.world_size, len(os.sched_getaffinity(0))))
 
     if not dist.is_initialized():
         # The env:// variables are what DeepSpeed, torch and any library below us read.
+        # DeepSpeed's engine takes LOCAL_RANK as its CUDA device index, so on GPUs it gets the
+        # index chosen above (0 when the launcher already gave each rank a single GPU).
         os.environ.update(
             RANK=str(launch.rank),
             WORLD_SIZE=str(launch.world_size),
-            LOCAL_RANK=str(launch.local_rank),
+            LOCAL_RANK=str(device.index if on_gpu else launch.local_rank),
             MASTER_ADDR=addr,
             MASTER_PORT=str(port),
         )

@@ -5,13 +5,21 @@ arguments it trains configs/default.yaml (a small n-body model; data generated o
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so a checkout runs as is
 
+from dist_hyena.data import DataError  # noqa: E402
 from dist_hyena.train import ConfigError, load_config, train  # noqa: E402
+from dist_hyena.train.checkpoint import CheckpointError  # noqa: E402
 from dist_hyena.train.config import DEFAULT_CONFIG  # noqa: E402
+from dist_hyena.train.guards import NonFiniteError  # noqa: E402
+
+# Exit codes: a bad config or input, a non-finite loss, and a SIGTERM answered with a checkpoint
+# (128 + 15, as a shell reports a process that SIGTERM ended; the run is not finished).
+BAD_INPUT, NON_FINITE, TERMINATED = 2, 3, 143
 
 
 def main(argv=None) -> int:
@@ -25,9 +33,17 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    train(cfg, resume=args.resume)
-    return 0
+        return BAD_INPUT
+    rank = os.environ.get("RANK", "0")
+    try:
+        summary = train(cfg, resume=args.resume)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+        print(f"error (rank {rank}): {e}", file=sys.stderr, flush=True)
+        return BAD_INPUT
+    except NonFiniteError as e:
+        print(f"error (rank {rank}): {e}", file=sys.stderr, flush=True)
+        return NON_FINITE
+    return TERMINATED if summary.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -94,8 +94,10 @@ def build_store(
         try:
             attrs = store.dataset_attrs(task.attrs(), specs, sizes, seed, samples_per_chunk, tokens_per_chunk)
             plan = store.prepare(out, attrs, specs)
-        except (store.DataError, ValueError, OSError) as e:
+        except (store.DataError, ValueError) as e:
             error = f"{type(e).__name__}: {e}"
+        except OSError as e:
+            error = f"cannot create the store at {out}: {_os_error(e)}"
     plan, error = comm.bcast((plan, error), root=0)
     if error:
         raise PreparationError(error)
@@ -103,12 +105,23 @@ def build_store(
     bar = tqdm(mine, desc=f"{out.name} rank 0/{comm.size}", unit="chunk", disable=not progress or comm.rank != 0)
     for unit in bar:
         start, stop = unit_range(unit.index, sizes[unit.split], samples_per_chunk)
-        store.write_unit(out, unit, task.generate(unit.split, start, stop))
+        data = task.generate(unit.split, start, stop)
+        try:
+            store.write_unit(out, unit, data)
+        except OSError as e:  # disk full, read-only or vanished file system: the unit stays missing
+            raise store.DataError(f"writing {unit.split} samples [{start}, {stop}) of {out}: {_os_error(e)}; "
+                                  "the store is not marked complete: fix this and re-run the same command to "
+                                  "complete it") from e
     comm.barrier()
     if comm.rank == 0 and plan:
         store.finalize(out)
     comm.barrier()
     return out
+
+
+def _os_error(e: OSError) -> str:
+    """`strerror: file` of an OS error, without Python's `[Errno n]` noise."""
+    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
 
 def generate_store(

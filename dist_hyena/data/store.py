@@ -183,10 +183,16 @@ def open_store(path: str | Path, command: str = "") -> zarr.Group:
         )
     for split, n in attrs["splits"].items():
         for name, spec in attrs["arrays"].items():
+            try:
+                array = root[f"{split}/{name}"]
+            except KeyError:
+                raise DataError(f"{path}: array {split}/{name} is missing (the metadata lists it).{hint}") from None
             want = (n, *spec["sample_shape"])
-            got = tuple(root[f"{split}/{name}"].shape)
+            got = tuple(array.shape)
             if got != want:
                 raise DataError(f"{path}: array {split}/{name} has shape {got}, metadata says {want}")
+            if array.dtype != np.float32:
+                raise DataError(f"{path}: array {split}/{name} has dtype {array.dtype}, expected float32")
     return root
 
 

@@ -21,6 +21,10 @@ import torch.distributed as dist
 _TAG = re.compile(r"^step_(\d+)$")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that does not fit this run; the message names the checkpoint and what differs."""
+
+
 def tag_of(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -79,15 +83,22 @@ def save(engine, root: Path, step: int, trainer_state: dict, keep: int) -> Path:
     return root / tag
 
 
-def load(engine, root: Path, tag: str) -> dict:
-    """Restore engine, optimizer, schedule and this rank's RNG; -> this rank's trainer state."""
+def load(engine, root: Path, tag: str, model_config: dict | None = None) -> dict:
+    """Restore engine, optimizer, schedule and this rank's RNG; -> this rank's trainer state.
+    `model_config`: the run's model settings, which must equal those the checkpoint was saved with."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    path, _ = engine.load_checkpoint(str(root), tag=tag)
-    if path is None:
-        raise FileNotFoundError(f"DeepSpeed found no checkpoint {root / tag}")
     own = root / tag / f"trainer_rank{rank:05d}.pt"
     if not own.exists():
-        raise FileNotFoundError(f"{own} is missing: the checkpoint was written by a different number of ranks")
+        raise CheckpointError(f"{own} is missing: the checkpoint was written by a different number of ranks")
     state = torch.load(own, weights_only=False)
+    saved = state.get("model")
+    if model_config is not None and saved is not None and saved != model_config:
+        diff = {k: (saved.get(k), model_config.get(k)) for k in sorted(set(saved) | set(model_config))
+                if saved.get(k) != model_config.get(k)}
+        raise CheckpointError(f"checkpoint {root / tag} was saved by a different model (saved vs this run: {diff}); "
+                              "resume with the model settings it was trained with, or use another run.name")
+    path, _ = engine.load_checkpoint(str(root), tag=tag)
+    if path is None:
+        raise CheckpointError(f"DeepSpeed found no checkpoint {root / tag}")
     set_rng_state(state.pop("rng"))
     return state

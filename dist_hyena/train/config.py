@@ -47,6 +47,7 @@ class DataSection:
 @dataclass
 class ParallelSection:
     sp: int = 1  # sequence-parallel ranks per sample; dp = world // sp
+    timeout_s: float = 300.0  # rendezvous and every collective: a rank whose peer died raises after this
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainSection:
     batch_size: int = 16  # samples per optimizer step, over all data-parallel ranks
     grad_accum: int = 1  # micro-batches per optimizer step
     stop_at: int = 0  # end this job after that step, with a checkpoint (a time-limited job); 0: at steps
+    nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss: stop naming step and samples, or skip the step
     deepspeed: str = "deepspeed/zero1.json"  # relative paths: from the YAML file's directory
 
 

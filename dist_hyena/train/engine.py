@@ -106,8 +106,11 @@ def build_engine(cfg: TrainConfig, model_cfg, mesh: Mesh):
     offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
     optimizer = build_optimizer(model.parameters(), cfg.optim, offload)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim, cfg.train.steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds,
-                                           mpu=mpu)
+    try:
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds,
+                                               mpu=mpu)
+    except ValueError as e:  # DeepSpeed validates its config with pydantic (ValidationError is a ValueError)
+        raise ConfigError(f"{cfg.train.deepspeed}: DeepSpeed rejects this config: {e}") from None
     return engine, mpu
 
 

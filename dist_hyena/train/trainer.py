@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -24,6 +25,14 @@ from dist_hyena.train import checkpoint
 from dist_hyena.train.config import ConfigError, TrainConfig
 from dist_hyena.train.engine import all_reduce_sum, batch_error, build_engine, micro_batch_size
 from dist_hyena.train.export import export_checkpoint
+from dist_hyena.train.guards import (
+    NonFiniteError,
+    TerminationRequest,
+    any_rank,
+    nonfinite_loss_message,
+    nonfinite_parameters_message,
+    parameters_finite,
+)
 from dist_hyena.train.metrics import MetricsLogger, memory_gb, plot_loss_curve
 
 
@@ -85,7 +94,7 @@ def _model_config(cfg: TrainConfig, meta: dict):
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Run the configured training; -> summary (steps, first/last loss, validation MSE, paths)."""
-    runtime = init_distributed()
+    runtime = init_distributed(timeout_s=cfg.parallel.timeout_s)
     main = runtime.is_main
     world = dist.get_world_size()
     if world % cfg.parallel.sp:
@@ -93,6 +102,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     end = cfg.train.stop_at or cfg.train.steps
     if not 0 < end <= cfg.train.steps:
         raise ConfigError(f"train.stop_at = {cfg.train.stop_at} must lie in [1, train.steps = {cfg.train.steps}]")
+    if cfg.train.nonfinite == "skip" and cfg.train.grad_accum > 1:
+        # Skipping would have to discard micro-batch gradients DeepSpeed already accumulated.
+        raise ConfigError("train.nonfinite = skip needs train.grad_accum = 1")
     mesh = init_mesh(sp=cfg.parallel.sp)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     ckpt_root = run_dir / "checkpoints"
@@ -100,6 +112,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     source = _data_source(cfg, main)
     train_loader = _loader(source, "train", micro_batch_size(cfg, mesh.dp), mesh, cfg, shuffle=True)
     val_loader = _loader(source, "val", cfg.eval.batch_size, mesh, cfg, shuffle=False)
+    for split, loader, key in (("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")):
+        if len(loader) == 0:  # would end in a StopIteration or a division by zero far from the cause
+            where = cfg.data.path if cfg.data.source == "store" else "the generated data"
+            raise ConfigError(f"{where}: the {split} split has {loader.reader.n_samples} samples, fewer than one "
+                              f"batch of {loader.batch_size} per data-parallel rank (from {key}, dp = {mesh.dp})")
     meta = train_loader.meta
     task, n_tokens = meta["task"], meta["n_tokens"]
     model_cfg = _model_config(cfg, meta)
@@ -108,7 +125,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     start = 0
     tags = checkpoint.complete_tags(ckpt_root) if resume else []
     if tags:
-        state = checkpoint.load(engine, ckpt_root, tags[-1])
+        state = checkpoint.load(engine, ckpt_root, tags[-1], model_cfg.to_dict())
         train_loader.load_state_dict(state["loader"])
         start = state["step"]
     if main:
@@ -122,39 +139,67 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     tokens_per_step = cfg.train.batch_size * n_tokens
     batches = iter(train_loader)
     first_loss = last_loss = val_mse = None
+    step, saved, interrupted = start, start, False
     t_last, steps_since, window_loss = time.perf_counter(), 0, 0.0
     engine.train()
-    for step in range(start + 1, end + 1):
-        step_loss = 0.0
-        for _ in range(cfg.train.grad_accum):
-            batch = next(batches, None)
-            if batch is None:  # end of an epoch: the loader has moved on to the next one
-                batches = iter(train_loader)
-                batch = next(batches)
-            sse, _, group_count = batch_error(engine, batch, task, n_tokens, mesh.sp)
-            loss = sse / group_count
-            engine.backward(loss)
-            engine.step()
-            step_loss += loss.item() / cfg.train.grad_accum
-        (last_loss,) = all_reduce_sum([step_loss], engine.device)
-        last_loss /= mesh.dp
-        first_loss = last_loss if first_loss is None else first_loss
-        log.step(step, last_loss)
-        steps_since, window_loss = steps_since + 1, window_loss + last_loss
-        if step % cfg.log.every == 0 or step == end:
-            # The mean over the steps since the last record: one batch's loss is noisy.
-            now = time.perf_counter()
-            log.log(step, loss=window_loss / steps_since, lr=engine.get_lr()[0],
-                    tokens_per_s=tokens_per_step * steps_since / (now - t_last), mem_gb=memory_gb())
-            t_last, steps_since, window_loss = now, 0, 0.0
-        if (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps:
-            val_mse = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
-            log.log(step, val_mse=val_mse)
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == end:
-            checkpoint.save(engine, ckpt_root, step, {"step": step, "loader": train_loader.state_dict()},
-                            cfg.checkpoint.keep)
+    with TerminationRequest() as termination:
+        for step in range(start + 1, end + 1):
+            step_loss, ids = 0.0, []
+            for _ in range(cfg.train.grad_accum):
+                batch = next(batches, None)
+                if batch is None:  # end of an epoch: the loader has moved on to the next one
+                    batches = iter(train_loader)
+                    batch = next(batches)
+                ids.append(batch["index"])
+                sse, _, group_count = batch_error(engine, batch, task, n_tokens, mesh.sp)
+                loss = sse / group_count
+                value = loss.item()
+                if any_rank(not math.isfinite(value), engine.device):  # before backward: ZeRO reduces in it
+                    message = nonfinite_loss_message(step, value, batch["index"])
+                    if cfg.train.nonfinite == "stop":
+                        raise NonFiniteError(f"{message}; stopping (train.nonfinite = stop)")
+                    step_loss = math.nan
+                    break
+                engine.backward(loss)
+                engine.step()
+                step_loss += value / cfg.train.grad_accum
+            if math.isnan(step_loss):
+                if main:
+                    print(f"[dist_hyena] {message}; step skipped (train.nonfinite = skip)", flush=True)
+                log.log(step, skipped_nonfinite=1)
+            elif any_rank(not parameters_finite(engine), engine.device):
+                raise NonFiniteError(nonfinite_parameters_message(step, torch.cat(ids)))
+            # The loss sum carries the termination flag: every rank learns of a SIGTERM to any one.
+            (total, terminating) = all_reduce_sum([0.0 if math.isnan(step_loss) else step_loss,
+                                                   termination.received], engine.device)
+            if not math.isnan(step_loss):
+                last_loss = total / mesh.dp
+                first_loss = last_loss if first_loss is None else first_loss
+                log.step(step, last_loss)
+                steps_since, window_loss = steps_since + 1, window_loss + last_loss
+                if step % cfg.log.every == 0 or step == end:
+                    # The mean over the steps since the last record: one batch's loss is noisy.
+                    now = time.perf_counter()
+                    log.log(step, loss=window_loss / steps_since, lr=engine.get_lr()[0],
+                            tokens_per_s=tokens_per_step * steps_since / (now - t_last), mem_gb=memory_gb())
+                    t_last, steps_since, window_loss = now, 0, 0.0
+            if not terminating and ((cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps):
+                val_mse = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
+                log.log(step, val_mse=val_mse)
+            if terminating or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == end:
+                state = {"step": step, "loader": train_loader.state_dict(), "model": model_cfg.to_dict()}
+                checkpoint.save(engine, ckpt_root, step, state, cfg.checkpoint.keep)
+                saved = step
+            if terminating:
+                interrupted = True
+                break
     log.close()
 
+    if interrupted:
+        if main:
+            print(f"[dist_hyena] SIGTERM: stopped after step {saved} with checkpoint {checkpoint.tag_of(saved)}; "
+                  "run again with --resume to continue", flush=True)
+        return {"steps": saved, "start_step": start, "interrupted": True, "run_dir": str(run_dir)}
     summary = {"steps": end, "start_step": start, "first_loss": first_loss, "last_loss": last_loss,
                "val_mse": val_mse, "run_dir": str(run_dir)}
     if main:

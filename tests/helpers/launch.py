@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = str(REPO_ROOT / "tests" / "launch" / "allreduce_probe.py")
+TRAIN = str(REPO_ROOT / "launch" / "train.py")
 
 # Variables through which a launcher hands out ranks; a test's child must start without them.
 _RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -54,6 +55,15 @@ def start(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO_RO
     )
 
 
+def start_ranks(cmd: list[str], world: int, extra: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """Start ``cmd`` as ranks 0..world-1 of one job on this machine, each in its own process group,
+    with the variables a torch launcher would set: a fault test signals one rank, not a launcher."""
+    port = str(free_port())
+    return [start(cmd, launch_env({"RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **(extra or {})}))
+            for r in range(world)]
+
+
 def finish(proc: subprocess.Popen, timeout: float) -> str:
     """Wait for a started launcher; kill its whole process group and fail if it overruns or fails."""
     try:
@@ -80,3 +90,21 @@ def probe_reports(out_dir: Path, world: int) -> list[dict]:
         assert rep["world_size"] == rep["dist_world_size"] == world, rep
         assert rep["sum"] == world * (world + 1) / 2, rep
     return reports
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> training loss, from the run's metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def assert_trained(run_dir: Path, steps: int, start_step: int = 0) -> dict[int, float]:
+    """The run logged every step 1..steps, its loss fell, and its final checkpoint is complete."""
+    losses = train_losses(run_dir)
+    assert sorted(losses) == list(range(1, steps + 1)), losses
+    assert losses[steps] < 0.5 * losses[1], f"loss did not fall: {losses}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["start_step"], summary["steps"]) == (start_step, steps), summary
+    assert (run_dir / "checkpoints" / f"step_{steps:08d}").is_dir()
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{steps:08d}"
+    return losses

@@ -1,20 +1,23 @@
 """A real one-node SLURM cluster in a scratch folder, for tests of the batch scripts.
 
     with slurm_cluster(tmp_dir) as cluster:
-        job = cluster.sbatch(["launch/slurm/train.sbatch", ...], ntasks=2)
+        job = cluster.sbatch(["--ntasks", "2", "launch/slurm/train.sbatch", ...], cwd=REPO_ROOT)
         state = cluster.wait(job, timeout=300)
 
 Installs nothing: ``munged``, ``slurmctld``, ``slurmd`` and the client commands must be on
 the machine (Debian: ``apt-get install -y slurmctld slurmd slurm-client munge``); without
 them the test fails naming what is missing. Everything the daemons write (munge key and
 socket, slurm.conf, state, spool, logs, pid files) lives in the scratch folder, the ports
-are free ones, and the daemons are stopped by their pids when the block ends.
+are free ones. The daemons run in the foreground as children of the test process: stopped
+by their pids when the block ends, and sent SIGTERM by the kernel if the test process dies
+first (a CI timeout), so no cluster outlives its test run.
 Needs root (slurmd starts job steps as the submitting user).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -32,6 +35,7 @@ _CLIENTS = ("sbatch", "srun", "sinfo", "scontrol", "sacct")
 _FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
              "BOOT_FAIL", "DEADLINE")
 _APT = "apt-get install -y slurmctld slurmd slurm-client munge"
+_PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
 
 
 def _which(name: str) -> str | None:
@@ -70,19 +74,24 @@ class SlurmCluster:
         field = next(f for f in out.split() if f.startswith("JobState="))
         return field.split("=", 1)[1]
 
-    def wait(self, job: str, timeout: float) -> str:
-        """Wait until the job leaves the queue; return its final state (cancel it on timeout)."""
+    def wait(self, job: str, timeout: float, until: tuple[str, ...] = _FINISHED) -> str:
+        """Wait until the job is in one of ``until`` (default: any final state); return that state.
+        A job still waiting at ``timeout`` is cancelled and fails the test."""
         deadline = time.monotonic() + timeout
-        while (state := self.state(job)) not in _FINISHED:
+        while (state := self.state(job)) not in until:
             if time.monotonic() > deadline:
                 subprocess.run(["scancel", job], env=self.env, timeout=30)
                 raise AssertionError(f"job {job} still {state} after {timeout:.0f} s\n{self.logs()}")
-            time.sleep(1)
+            time.sleep(0.5)
         return state
+
+    def start_now(self, job: str) -> None:
+        """Let a requeued job start at once instead of after SLURM's requeue delay (~2 minutes)."""
+        self.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
 
     def logs(self) -> str:
         tails = []
-        for log in sorted(self.root.glob("*.log")):
+        for log in sorted([*self.root.glob("*.log"), *self.root.glob("*.out")]):
             tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
         return "\n".join(tails)
 
@@ -121,14 +130,20 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
     return conf
 
 
-def _stop(pid_file: Path) -> None:
-    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(pid, 0)  # raises ProcessLookupError once it is gone
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+def _die_with_parent() -> None:
+    """In the daemon's child process: SIGTERM it when the test process dies, so a killed test
+    run (a CI timeout) leaves no cluster behind."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _stop(daemon: subprocess.Popen) -> None:
+    if daemon.poll() is None:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
 
 
 @contextlib.contextmanager
@@ -147,19 +162,43 @@ def slurm_cluster(root: Path, start_timeout: float = 60) -> Iterator[SlurmCluste
     subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True)
     conf = _write_conf(root, node, sock)
     cluster = SlurmCluster(root, conf, node)
-    pid_files = [root / "munged.pid", root / "slurmctld.pid", root / "slurmd.pid"]
+    # In the foreground (-F, -D), as our children: stopped by their pids, and with the test process.
+    commands = {
+        "munged": [_which("munged"), "-F", "--force", f"--key-file={key}", f"--socket={sock}",
+                   f"--pid-file={root / 'munged.pid'}", f"--log-file={root / 'munged.log'}",
+                   f"--seed-file={root / 'munged.seed'}"],
+        "slurmctld": [_which("slurmctld"), "-D", "-f", str(conf)],
+        "slurmd": [_which("slurmd"), "-D", "-f", str(conf)],
+    }
+    daemons: dict[str, subprocess.Popen] = {}
     try:
-        subprocess.run([_which("munged"), "--force", f"--key-file={key}", f"--socket={sock}",
-                        f"--pid-file={pid_files[0]}", f"--log-file={root / 'munged.log'}",
-                        f"--seed-file={root / 'munged.seed'}"], check=True, capture_output=True)
-        for daemon in ("slurmctld", "slurmd"):
-            subprocess.run([_which(daemon), "-f", str(conf)], check=True, capture_output=True, env=cluster.env)
         deadline = time.monotonic() + start_timeout
-        while cluster.run(["sinfo", "-h", "-n", node, "-o", "%t"]).strip() != "idle":
-            if time.monotonic() > deadline:
-                raise AssertionError(f"SLURM node {node} not idle after {start_timeout:.0f} s\n{cluster.logs()}")
+        for name, cmd in commands.items():
+            with open(root / f"{name}.out", "w") as out:
+                daemons[name] = subprocess.Popen(cmd, env=cluster.env, stdout=out, stderr=subprocess.STDOUT,
+                                                 preexec_fn=_die_with_parent)
+            while name == "munged" and not sock.exists():  # slurmctld authenticates through it at start
+                _check_alive(daemons, cluster, deadline)
+                time.sleep(0.1)
+        while _node_state(cluster) != "idle":
+            _check_alive(daemons, cluster, deadline)
             time.sleep(0.5)
         yield cluster
     finally:
-        for pid_file in reversed(pid_files):
-            _stop(pid_file)
+        for daemon in reversed(daemons.values()):
+            _stop(daemon)
+
+
+def _node_state(cluster: SlurmCluster) -> str:
+    """The node's state per sinfo, or "" while the controller does not answer yet."""
+    proc = subprocess.run(["sinfo", "-h", "-n", cluster.node, "-o", "%t"], env=cluster.env, capture_output=True,
+                          text=True, timeout=30)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _check_alive(daemons: dict[str, subprocess.Popen], cluster: SlurmCluster, deadline: float) -> None:
+    dead = [f"{name} (exit {d.returncode})" for name, d in daemons.items() if d.poll() is not None]
+    if dead:
+        raise AssertionError(f"SLURM test cluster: {', '.join(dead)} died at start\n{cluster.logs()}")
+    if time.monotonic() > deadline:
+        raise AssertionError(f"SLURM node {cluster.node} not idle in time\n{cluster.logs()}")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dist_hyena.runtime import LaunchEnv, launch_env_from
+from dist_hyena.runtime import LaunchEnv, gpu_index, launch_env_from
 
 
 def _no_scontrol(nodelist):
@@ -109,3 +109,21 @@ def test_sbatch_script_outside_srun_is_not_a_rank():
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ValueError, match=message):
         launch_env_from(env)
+
+
+def test_gpu_of_a_rank():
+    assert [gpu_index(r, visible=4) for r in range(4)] == [0, 1, 2, 3]
+    assert gpu_index(3, visible=1) == 0  # srun --gpus-per-task=1: each rank sees only its own GPU
+    with pytest.raises(RuntimeError, match="local rank 4 has no GPU: this process sees 4"):
+        gpu_index(4, visible=4)
+
+
+def test_cpu_threads_share_the_cores_among_local_ranks():
+    from dist_hyena.runtime import cpu_threads
+
+    assert cpu_threads({}, world_size=1, cores=2) == 2
+    assert cpu_threads({}, world_size=4, cores=2) == 1  # launcher silent: assume all ranks are local
+    assert cpu_threads({"LOCAL_WORLD_SIZE": "2"}, world_size=16, cores=32) == 16
+    assert cpu_threads({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, world_size=8, cores=16) == 4
+    assert cpu_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "8"}, world_size=8, cores=2) == 3
+    assert cpu_threads({"SLURM_TASKS_PER_NODE": "4(x2)"}, world_size=8, cores=16) == 4

@@ -1,0 +1,121 @@
+"""Item 4: how close the convolutions come to the FFTs they cannot avoid.
+
+``cross_conv`` on C vector channels needs 3C + 3C forward real FFTs and 3C inverse ones; ``circular_conv``
+on D scalar channels needs D + D forward and D inverse. The "bare" time is exactly those torch.fft calls
+on tensors of the same sizes and layout (one rfft of q, one of k, one irfft of a spectrum), with nothing
+else: the practical limit on this machine. Efficiency = bare time / convolution time. Throughput counts
+2.5 N log2 N flops per real FFT of length N (half the usual 5 N log2 N of a complex one). Timings are
+medians of interleaved repeats, in one process, after a warm-up.
+
+    python benchmarks/fft_efficiency.py            # writes results/fft_efficiency.{json,png}
+    python benchmarks/fft_efficiency.py --quick    # smoke run (small N, results in a temp dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
+
+
+def cases(n: int, cv: int, d: int, mode: str):
+    import torch
+
+    from dist_hyena.ops import circular_conv, conv_length, cross_conv
+
+    length = conv_length(n, mode)
+    qv, kv = torch.randn(2, 1, n, cv, 3).unbind(0)
+    qs, ks = torch.randn(2, 1, n, d).unbind(0)
+    spec_v = torch.fft.rfft(qv, n=length, dim=1)
+    spec_s = torch.fft.rfft(qs, n=length, dim=1)
+
+    def bare_vector():
+        torch.fft.rfft(qv, n=length, dim=1), torch.fft.rfft(kv, n=length, dim=1)
+        torch.fft.irfft(spec_v, n=length, dim=1)
+
+    def bare_scalar():
+        torch.fft.rfft(qs, n=length, dim=1), torch.fft.rfft(ks, n=length, dim=1)
+        torch.fft.irfft(spec_s, n=length, dim=1)
+
+    ffts = {"cross_conv": 9 * cv, "circular_conv": 3 * d}  # real FFTs of length `length` per call
+    return length, ffts, {
+        "cross_conv": (lambda: cross_conv(qv, kv, mode), bare_vector),
+        "circular_conv": (lambda: circular_conv(qs, ks, mode), bare_scalar),
+    }
+
+
+def run(sizes: list[int], cv: int, d: int, modes: list[str], repeats: int) -> list[dict]:
+    import torch
+
+    rows = []
+    for mode in modes:
+        for n in sizes:
+            length, ffts, fns = cases(n, cv, d, mode)
+            for name, (conv, bare) in fns.items():
+                times = {"conv": [], "bare": []}
+                conv(), bare()
+                with torch.no_grad():
+                    for _ in range(repeats):  # interleaved, so both see the same machine load
+                        for key, fn in (("conv", conv), ("bare", bare)):
+                            t0 = time.perf_counter()
+                            fn()
+                            times[key].append(time.perf_counter() - t0)
+                conv_s, bare_s = harness.median(times["conv"]), harness.median(times["bare"])
+                flops = ffts[name] * 2.5 * length * math.log2(length)
+                rows.append({"op": name, "mode": mode, "n": n, "fft_length": length, "channels": cv if
+                             name == "cross_conv" else d, "conv_s": conv_s, "bare_fft_s": bare_s,
+                             "efficiency": bare_s / conv_s, "conv_gflops": flops / conv_s / 1e9,
+                             "bare_gflops": flops / bare_s / 1e9})
+                print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: small N, results to a temp dir")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2**12, 2**14, 2**16, 2**18, 2**20])
+    ap.add_argument("--vector-channels", type=int, default=1, help="Cv (n-body model: 1)")
+    ap.add_argument("--scalar-channels", type=int, default=8, help="D (n-body model: 8)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    args = ap.parse_args()
+    harness.set_threads(args.threads)
+    modes = ["circular", "causal"]
+    if args.quick:
+        args.sizes, args.repeats, modes = [256], 2, ["circular"]
+    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    rows = run(args.sizes, args.vector_channels, args.scalar_channels, modes, args.repeats)
+    payload = {"benchmark": "fft_efficiency", "machine": harness.machine(), "rows": rows}
+    harness.save("fft_efficiency", payload, args.out)
+    plot(payload, args.out / "fft_efficiency.png")
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for op in ("cross_conv", "circular_conv"):
+        for mode, style in (("circular", "o-"), ("causal", "s--")):
+            pts = [r for r in payload["rows"] if r["op"] == op and r["mode"] == mode]
+            if pts:
+                ax.plot([r["n"] for r in pts], [r["efficiency"] for r in pts], style, label=f"{op} ({mode})")
+    ax.axhline(1.0, color="grey", ls=":", label="bare torch.fft")
+    ax.set(xscale="log", ylim=(0, 1.2), xlabel="tokens N", ylabel="bare FFT time / convolution time",
+           title="FFT efficiency of the convolutions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

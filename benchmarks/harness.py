@@ -1,0 +1,106 @@
+"""Shared plumbing for the benchmark scripts: one fresh subprocess per measured point, capped memory, peak RSS.
+
+Why a subprocess per point: ``ru_maxrss`` is a process-lifetime high-water mark, so a fresh process gives a
+clean peak for exactly one configuration, and an out-of-memory failure (capped with ``RLIMIT_AS``, so the
+allocator raises instead of the kernel killing the machine) stays in that process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+GIB = 2**30
+
+
+def available_bytes() -> int:
+    """MemAvailable from /proc/meminfo: what can be allocated now without pushing others into swap/OOM."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/meminfo has no MemAvailable line")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """High-water resident set size of this process (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cap_memory(limit_bytes: int) -> None:
+    """Let this process map at most ``limit_bytes`` more virtual memory than it has now; past that,
+    allocations fail with an error (reported as "does not fit") instead of waking the OOM killer."""
+    vm_now = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (vm_now + limit_bytes, resource.RLIM_INFINITY))
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or "can't allocate memory" in str(err) or "not enough memory" in str(err)
+
+
+def timed(fn, min_repeats: int = 1, max_repeats: int = 3, budget_s: float = 5.0) -> list[float]:
+    """Run ``fn`` once to warm up, then time it up to ``max_repeats`` times (fewer once ``budget_s`` is spent)."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_point(script: str, point: dict, timeout_s: float) -> dict:
+    """Run ``script --point JSON`` in a fresh interpreter; it prints one JSON object as its last stdout line.
+    A crash, a kill or a timeout comes back as ``{"fits": False, "error": ...}``."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    try:
+        proc = subprocess.run([sys.executable, script, "--point", json.dumps(point)], env=env, capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {**point, "fits": False, "error": f"timeout after {timeout_s:.0f} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return {**point, "fits": False, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def save(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
+    """Write ``payload`` as ``<out_dir>/<name>.json`` and print it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload, indent=2))
+    return path
+
+
+def machine() -> dict:
+    import torch
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "mem_available_gib": round(available_bytes() / GIB, 1), "load_avg_1m": os.getloadavg()[0]}
+
+
+def set_threads(n: int) -> None:
+    """Intra-op threads. On a shared, oversubscribed machine OpenMP threads spin at barriers waiting for
+    each other and small ops get 10-30x slower; one thread per process gives stable numbers there."""
+    import torch
+
+    torch.set_num_threads(n)

@@ -1,0 +1,43 @@
+"""Smoke runs of the benchmark scripts (--quick): they run end to end and write the JSON the README reads.
+The numbers themselves are measured by the scripts, not asserted here."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPECTED = {
+    "operator_vs_attention": {"widths", "paper", "runs", "ratios_at_paper_n", "ratios_at_largest_common_n"},
+    "longest_context": {"sp", "cap_gib", "paper_forward_tokens", "runs", "summary"},
+    "fft_efficiency": {"rows"},
+    "geometric_product": {"rows"},
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_benchmark_quick_run_writes_its_json(name, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--out", str(tmp_path)],
+                   env=env, check=True, capture_output=True, timeout=110)
+    payload = json.loads((tmp_path / f"{name}.json").read_text())
+    assert payload["benchmark"] == name
+    assert EXPECTED[name] <= payload.keys()
+    assert "machine" in payload
+    if name == "operator_vs_attention":
+        assert {r["mixer"] for r in payload["runs"] if r["fits"]} == {"hyena", "attention", "sdpa"}
+        assert all(r["forward_s"] > 0 and r["forward_backward_peak_bytes"] > 0 for r in payload["runs"])
+    if name == "longest_context":
+        assert all(r["fits"] and r["bytes_per_token"] > 0 for r in payload["runs"])
+        assert {r["variant"] for r in payload["runs"]} == {"plain", "checkpointing", "checkpointing+mlp_chunks"}
+    if name in ("fft_efficiency", "geometric_product"):
+        assert payload["rows"] and all(v > 0 for r in payload["rows"] for k, v in r.items() if k.endswith("_s"))
+    if name == "geometric_product":
+        assert all(r["max_abs_diff"] < 1e-4 for r in payload["rows"])
+    if name in ("operator_vs_attention", "longest_context", "fft_efficiency"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
