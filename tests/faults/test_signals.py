@@ -98,17 +98,17 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_exact(tmp_path):
     steps = 12
     run = small_run_overrides(tmp_path, "x") + [f"train.steps={steps}", f"parallel.timeout_s={TIMEOUT_S}"]
     runs = tmp_path / "runs"
+    # The uninterrupted reference trains beside the job that gets the signal.
     reference = start_ranks([sys.executable, TRAIN, *run, "run.name=straight"], world=2)
-    for p in reference:
-        finish(p, timeout=240)
-
     ranks = start_ranks([sys.executable, TRAIN, *run, "run.name=resumed"], world=2)
     try:
         _wait_for_step(runs / "resumed", 2, ranks)
         os.kill(ranks[1].pid, signal.SIGTERM)  # one rank only: the others learn of it in the next all-reduce
         outs = [_communicate(p, timeout=120) for p in ranks]
+        for p in reference:
+            finish(p, timeout=240)
     finally:
-        for p in ranks:
+        for p in ranks + reference:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()

@@ -21,7 +21,7 @@ from tests.helpers.launch import REPO_ROOT, finish, start
 from tests.helpers.training import small_run_overrides
 
 TRAIN = str(REPO_ROOT / "launch" / "train.py")
-STEPS, KILLS, SEED = 10, 3, 2026
+STEPS, KILLS, SEED = 8, 2, 2026
 
 
 def _latest_step(root) -> int:
