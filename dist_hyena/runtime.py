@@ -19,6 +19,7 @@ through DeepSpeed so DeepSpeed's communication layer sees the same group.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import zlib
@@ -189,7 +190,12 @@ def cpu_threads(env: Mapping[str, str], world_size: int, cores: int) -> int:
     if "OMP_NUM_THREADS" in env:
         return max(1, _int(env, "OMP_NUM_THREADS"))
     key = next((k for k in _LOCAL_SIZE_KEYS if k in env), None)
-    local_size = _int(env, key) if key else world_size
+    if key:
+        local_size = _int(env, key)
+    elif "SLURM_TASKS_PER_NODE" in env:  # always set by SLURM, e.g. "4(x2),3": take the first node's share
+        local_size = int(re.match(r"\d+", env["SLURM_TASKS_PER_NODE"]).group())
+    else:
+        local_size = world_size
     return max(1, cores // max(1, local_size))
 
 

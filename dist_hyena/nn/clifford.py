@@ -60,22 +60,20 @@ _CHUNK_ROWS = 2**17
 class _WeightedProduct(torch.autograd.Function):
     """y[..., o, k] = sum_i a[..., o, i] b[..., o, right[k, i]] coef[o, k, i]: the Cayley product with a
     weight per channel and output/left blade pair. Autograd would keep the [..., o, 8, 8] gathered operands
-    (16x the inputs); this keeps only a and b and rebuilds the rest chunk by chunk in backward."""
+    (16x the inputs); this keeps only a and b and rebuilds the rest chunk by chunk in backward. (A dense
+    einsum against an [o, 8, 8, 8] weighted Cayley tensor was tried for the forward: slower in
+    benchmarks/geometric_product.py on this machine, so the sparse gather stays.)"""
 
     @staticmethod
     def forward(ctx, a, b, coef, right, left):
         ctx.save_for_backward(a, b, coef, right, left)
         o = coef.shape[0]
-        # Dense weighted Cayley tensor [o, i, j, k]: one einsum (a batched matmul) beats the gather.
-        dense = coef.new_zeros(o, 8, 8, 8)
-        k_idx, i_idx = torch.meshgrid(torch.arange(8, device=coef.device), torch.arange(8, device=coef.device),
-                                      indexing="ij")
-        dense[:, i_idx, right, k_idx] = coef
         a2, b2 = a.reshape(-1, o, 8), b.reshape(-1, o, 8)
         out = torch.empty_like(a2)
         step = max(1, _CHUNK_ROWS // o)
         for s in range(0, a2.shape[0], step):
-            out[s : s + step] = torch.einsum("toi,toj,oijk->tok", a2[s : s + step], b2[s : s + step], dense)
+            sl = slice(s, s + step)
+            torch.sum(a2[sl].unsqueeze(-2) * b2[sl][..., right] * coef, dim=-1, out=out[sl])
         return out.view_as(a)
 
     @staticmethod

@@ -140,7 +140,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     batches = iter(train_loader)
     first_loss = last_loss = val_mse = None
     step, saved, interrupted = start, start, False
-    t_last, steps_since = time.perf_counter(), 0
+    t_last, steps_since, window_loss = time.perf_counter(), 0, 0.0
     engine.train()
     with TerminationRequest() as termination:
         for step in range(start + 1, end + 1):
@@ -176,12 +176,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 last_loss = total / mesh.dp
                 first_loss = last_loss if first_loss is None else first_loss
                 log.step(step, last_loss)
-                steps_since += 1
-                if step % cfg.log.every == 0 or step == cfg.train.steps:
+                steps_since, window_loss = steps_since + 1, window_loss + last_loss
+                if step % cfg.log.every == 0 or step == end:
+                    # The mean over the steps since the last record: one batch's loss is noisy.
                     now = time.perf_counter()
-                    log.log(step, loss=last_loss, lr=engine.get_lr()[0],
+                    log.log(step, loss=window_loss / steps_since, lr=engine.get_lr()[0],
                             tokens_per_s=tokens_per_step * steps_since / (now - t_last), mem_gb=memory_gb())
-                    t_last, steps_since = now, 0
+                    t_last, steps_since, window_loss = now, 0, 0.0
             if not terminating and ((cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps):
                 val_mse = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
                 log.log(step, val_mse=val_mse)

@@ -7,6 +7,7 @@ Usage: ``<launcher> tests/launch/allreduce_probe.py OUT_DIR``. Each rank writes
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ def main() -> None:
         "device": str(rt.device),
         "backend": rt.backend,
         "launcher": rt.launcher,
+        "master_addr": os.environ["MASTER_ADDR"],
         "dist_world_size": dist.get_world_size(),
         "dist_rank": dist.get_rank(),
         "sum": value.item(),

@@ -1,10 +1,15 @@
-"""init_distributed under the multi-node launch modes, simulated on one machine.
+"""init_distributed under the multi-node launch modes (deepspeed, accelerate, mpiexec), simulated
+on one machine.
 
 Each test starts tests/launch/allreduce_probe.py through a launcher, as docs/launching.md
 tells a user to, and checks that both ranks found each other with the ranks and local
-ranks that mode implies. The one-node launchers (deepspeed, torchrun, accelerate, mpiexec,
-srun) are exercised by the training tests in test_train_launchers.py and test_slurm_train.py.
+ranks that mode implies. The one-node launchers run real training instead: torchrun,
+accelerate and mpiexec in test_train_launchers.py, srun in test_slurm_train.py, deepspeed in
+tests/train/test_launch_deepspeed.py.
 """
+
+import socket
+import sys
 
 import pytest
 
@@ -13,6 +18,7 @@ from tests.helpers.launch import (
     REPO_ROOT,
     finish,
     free_port,
+    mpiexec_args,
     probe_reports,
     run_launcher,
     start,
@@ -58,3 +64,12 @@ def test_accelerate_launch_two_machines(tmp_path):
     for machine in machines:
         finish(machine, timeout=180)
     assert _local_ranks(probe_reports(tmp_path, world=2)) == [0, 0]
+
+
+def test_mpiexec_across_nodes_finds_rank0_over_mpi(tmp_path):
+    # Each rank claims to be alone on its node, as on a real multi-node run: with no
+    # MASTER_ADDR, rank 0's host name must come over MPI (mpi4py), not be assumed local.
+    run_launcher([*mpiexec_args(2), "env", "OMPI_COMM_WORLD_LOCAL_SIZE=1", sys.executable, PROBE, str(tmp_path)],
+                 timeout=180)
+    reports = probe_reports(tmp_path, world=2)
+    assert {(r["launcher"], r["master_addr"]) for r in reports} == {("openmpi", socket.gethostname())}

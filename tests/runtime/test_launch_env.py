@@ -126,3 +126,4 @@ def test_cpu_threads_share_the_cores_among_local_ranks():
     assert cpu_threads({"LOCAL_WORLD_SIZE": "2"}, world_size=16, cores=32) == 16
     assert cpu_threads({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, world_size=8, cores=16) == 4
     assert cpu_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "8"}, world_size=8, cores=2) == 3
+    assert cpu_threads({"SLURM_TASKS_PER_NODE": "4(x2)"}, world_size=8, cores=16) == 4
