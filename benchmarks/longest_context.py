@@ -31,14 +31,11 @@ def measure(point: dict) -> dict:
     import torch
 
     from dist_hyena import HyenaConfig, SE3HyenaModel
-    from dist_hyena.nn import CliffordMLP
 
     harness.cap_memory(point["cap_bytes"])
     torch.manual_seed(0)
-    model = SE3HyenaModel(HyenaConfig(activation_checkpointing=point["checkpointing"]))
-    for module in model.modules():
-        if isinstance(module, CliffordMLP):
-            module.token_chunk = point["token_chunk"]
+    model = SE3HyenaModel(HyenaConfig(activation_checkpointing=point["checkpointing"],
+                                      mlp_token_chunk=point["token_chunk"]))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
     n = point["n"]
     base = harness.rss_bytes()

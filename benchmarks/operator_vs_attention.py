@@ -29,14 +29,10 @@ WIDTHS = dict(head="recall", vector_width=1, scalar_width=16, hidden_width=128, 
 
 def build(mixer: str, widths: dict):
     from dist_hyena import HyenaConfig
-    from dist_hyena.attention import DistanceAttention
     from dist_hyena.model import HyenaOperator
 
-    cfg = HyenaConfig(**widths, mixer="hyena" if mixer == "hyena" else "attention")
-    op = HyenaOperator(cfg)
-    if mixer == "sdpa":
-        op.context = DistanceAttention(cfg.conv_mode)
-    return op, cfg
+    cfg = HyenaConfig(**widths, mixer=mixer)
+    return HyenaOperator(cfg), cfg
 
 
 def measure(point: dict) -> dict:

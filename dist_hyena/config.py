@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .ops import CONV_MODES
 
 HEADS = ("nbody", "recall")
-MIXERS = ("hyena", "attention")
+MIXERS = ("hyena", "attention", "sdpa")
 SP_STRATEGIES = ("auto", "channels", "fft")
 
 
@@ -18,7 +18,11 @@ class HyenaConfig:
 
     Streams between blocks: ``vector_width`` vector channels ``[B, N, Cv, 3]`` and
     ``scalar_width`` scalars ``[B, N, D]``. Clifford MLPs are ``hidden_width`` multivector
-    channels wide (the gating MLP ``gate_width``). ``position_channels`` are the input vector
+    channels wide (the gating MLP ``gate_width``). ``mixer``: ``hyena`` (FFT long convolution), ``attention``
+    (the paper's O(N²) vector attention) or ``sdpa`` (invariant-distance attention on
+    ``scaled_dot_product_attention``, never N x N in memory). ``mlp_token_chunk``: when set, every
+    Clifford MLP keeps only its input for backward and recomputes itself that many tokens at a time.
+    ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
     """
@@ -39,6 +43,7 @@ class HyenaConfig:
     scalar_out: int = 1
     position_channels: tuple[int, ...] = field(default=(0,))
     activation_checkpointing: bool = False
+    mlp_token_chunk: int | None = None
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
@@ -55,6 +60,9 @@ class HyenaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"HyenaConfig.{name} must be a non-negative integer, got {value!r}")
+        chunk = self.mlp_token_chunk
+        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"HyenaConfig.mlp_token_chunk must be None or a positive integer, got {chunk!r}")
         if self.vector_in + self.scalar_in == 0:
             raise ValueError("HyenaConfig needs at least one input channel (vector_in + scalar_in > 0)")
         bad = [c for c in self.position_channels if not 0 <= c < self.vector_in]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import VectorAttention
+from .attention import DistanceAttention, VectorAttention
 from .config import HyenaConfig
 from .nn import CliffordMLP
 from .nn.algebra import embed, read
@@ -32,11 +32,11 @@ class LocalConv(nn.Module):
 
 
 def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
-    if cfg.mixer == "attention":
+    if cfg.mixer in ("attention", "sdpa"):
         if mesh is not None and mesh.sp > 1:
-            raise ValueError("mixer='attention' is the one-process O(N^2) baseline; "
+            raise ValueError(f"mixer={cfg.mixer!r} is a one-process attention baseline; "
                              "sequence parallelism (sp > 1) needs mixer='hyena'")
-        return VectorAttention(cfg.conv_mode)
+        return DistanceAttention(cfg.conv_mode) if cfg.mixer == "sdpa" else VectorAttention(cfg.conv_mode)
     if mesh is None:
         return LocalConv(cfg.conv_mode)
     from .parallel import SequenceParallelConv
@@ -125,6 +125,9 @@ class SE3HyenaModel(nn.Module):
         self.embed_in = CliffordMLP(cfg.vector_in + cfg.scalar_in, cv + d, cfg.hidden_width, cfg.mlp_layers)
         self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
         self.head = CliffordMLP(cv + d, cfg.vector_out + cfg.scalar_out, cfg.hidden_width, cfg.mlp_layers)
+        for module in self.modules():
+            if isinstance(module, CliffordMLP):
+                module.token_chunk = cfg.mlp_token_chunk
 
     def _token_mean(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
         """``[B, n, ...] -> [B, ...]``: the mean over all tokens of the sample, across the SP group.

@@ -14,6 +14,8 @@ CONFIGS = {
     "nbody-hyena-circular": dict(),
     "nbody-hyena-causal": dict(conv_mode="causal"),
     "nbody-attention": dict(mixer="attention"),
+    "nbody-sdpa": dict(mixer="sdpa"),
+    "nbody-mlp-token-chunks": dict(mlp_token_chunk=7),
     "nbody-wide-stream": dict(vector_width=3, scalar_width=5, mlp_layers=2),
     "recall-hyena": RECALL,
     "recall-attention": dict(RECALL, mixer="attention", conv_mode="causal"),
@@ -169,6 +171,7 @@ def test_non_finite_inputs(bad):
         (dict(conv_mode="linear"), "conv_mode"),
         (dict(sp_strategy="ring"), "sp_strategy"),
         (dict(n_blocks=0), "n_blocks"),
+        (dict(mlp_token_chunk=0), "mlp_token_chunk"),
         (dict(position_channels=(5,)), "position_channels"),
     ],
 )
