@@ -7,6 +7,7 @@ allocator raises instead of the kernel killing the machine) stays in that proces
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -76,6 +77,24 @@ def run_point(script: str, point: dict, timeout_s: float) -> dict:
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return {**point, "fits": False, "error": f"exit {proc.returncode}: {tail}"}
     return json.loads(lines[-1])
+
+
+def add_point_arguments(ap: argparse.ArgumentParser) -> None:
+    """Arguments of every script that measures through ``run_point``: its hidden ``--point``, threads, output."""
+    ap.add_argument("--point", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+
+
+def serve_point(args: argparse.Namespace, measure) -> bool:
+    """The child side of ``run_point``: measure the ``--point`` given, print its JSON. -> whether there was one."""
+    set_threads(args.threads)
+    if not args.point:
+        return False
+    point = json.loads(args.point)
+    set_threads(point["threads"])
+    print(json.dumps(measure(point)))
+    return True
 
 
 def median(values: list[float]) -> float:

@@ -13,7 +13,6 @@ they do not grow with N). N doubles until a step does not fit or ``--max-tokens`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -63,21 +62,15 @@ def measure(point: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--point", help=argparse.SUPPRESS)
+    harness.add_point_arguments(ap)
     ap.add_argument("--quick", action="store_true", help="smoke run: two small N, results to a temp dir")
     ap.add_argument("--start", type=int, default=2**16, help="first N (doubles from there)")
     ap.add_argument("--max-tokens", type=int, default=2**23)
     ap.add_argument("--cap-gib", type=float, default=None, help="memory cap per run (default: free now - 1.5)")
     ap.add_argument("--token-chunk", type=int, default=16384, help="tokens per MLP recompute chunk")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per point")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args()
-    harness.set_threads(args.threads)
-    if args.point:
-        point = json.loads(args.point)
-        harness.set_threads(point["threads"])
-        print(json.dumps(measure(point)))
+    if harness.serve_point(args, measure):
         return
     if args.quick:
         args.start, args.max_tokens, args.cap_gib = 512, 512, args.cap_gib or 2.0

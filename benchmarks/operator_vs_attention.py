@@ -88,20 +88,14 @@ def ratios_at(runs: list[dict], n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--point", help=argparse.SUPPRESS)
+    harness.add_point_arguments(ap)
     ap.add_argument("--quick", action="store_true", help="smoke run: small widths and N, results to a temp dir")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 20000, 65536, 262144])
     ap.add_argument("--cap-gib", type=float, default=12.0, help="memory cap per run")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per point")
     ap.add_argument("--budget", type=float, default=5.0, help="seconds of repeats per timing")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args()
-    harness.set_threads(args.threads)
-    if args.point:
-        point = json.loads(args.point)
-        harness.set_threads(point["threads"])
-        print(json.dumps(measure(point)))
+    if harness.serve_point(args, measure):
         return
     widths = WIDTHS
     if args.quick:
