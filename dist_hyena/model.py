@@ -140,17 +140,18 @@ class SE3HyenaModel(nn.Module):
             total = sp_all_reduce(total, self.mesh)
         return total / n_total
 
-    def _n_total(self, n_local: int) -> int:
+    def _n_total(self, n_local: int, device: torch.device) -> int:
         if self.mesh is None:
             return n_local
         from .parallel import sp_all_reduce
 
-        return int(sp_all_reduce(torch.tensor([float(n_local)]), self.mesh).item())
+        # On the input's device: NCCL reduces CUDA tensors only.
+        return int(sp_all_reduce(torch.tensor([float(n_local)], device=device), self.mesh).item())
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         _check_inputs(cfg, x, f, self.head.net[-1].weight.dtype)
-        n_total = self._n_total(x.shape[1])
+        n_total = self._n_total(x.shape[1], x.device)
         pos = list(cfg.position_channels)
         centroid = None
         if pos:
