@@ -86,3 +86,12 @@ def run_ranks(fn, world: int, args: tuple = (), timeout: float = 120.0) -> list:
             if p.is_alive():
                 p.kill()
     return [values[r] for r in range(world)]
+
+
+def assert_parity(sp: int, results: list, section: str = "parity") -> None:
+    """Every rank's errors against the one-process run (``results[r][section]``: case key -> error, the key's
+    last item naming the dtype) within the project's bar: float64 <= 1e-10, float32 <= 1e-5 relative."""
+    for rank, res in enumerate(results):
+        for key, err in res[section].items():
+            tol = 1e-10 if str(key[-1]).endswith("float64") else 1e-5
+            assert err <= tol, f"sp={sp} rank {rank} {key}: error {err:.3e} > {tol:.0e}"

@@ -17,7 +17,7 @@ from dist_hyena.parallel import (
     sp_all_reduce,
 )
 from dist_hyena.parallel.volume import conv_bytes
-from tests.helpers.distributed import run_ranks
+from tests.helpers.distributed import assert_parity, run_ranks
 
 # (strategy, n_vector, n_scalar): "channels" needs >= P channel groups; "fft" runs the paper's Cv = 1.
 CASES = [("channels", 2, 3), ("fft", 1, 0), ("fft", 2, 3)]
@@ -126,10 +126,7 @@ def test_conv_parity(group):
     cases = results[0]["parity"]
     assert {k[0] for k in cases} == ({"channels", "fft"} if p <= 5 else {"fft"})
     assert any(k[4] % p for k in cases), "an uneven N for channels is covered"
-    for r, res in enumerate(results):
-        for key, err in res["parity"].items():
-            tol = 1e-10 if key[-1] == "float64" else 1e-5
-            assert err <= tol, f"sp={p} rank {r} {key}: error {err:.3e} > {tol:.0e}"
+    assert_parity(p, results)
 
 
 @pytest.mark.timeout(200)

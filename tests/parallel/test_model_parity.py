@@ -12,7 +12,7 @@ import torch.distributed as dist
 from dist_hyena import HyenaConfig, SE3HyenaModel
 from dist_hyena.parallel import init_mesh, ledger, shard_sequence
 from dist_hyena.parallel.volume import conv_bytes
-from tests.helpers.distributed import run_ranks
+from tests.helpers.distributed import assert_parity, run_ranks
 from tests.helpers.equivariance import random_rotation, relative_error, rigid_motion, rotate
 
 HEADS = {
@@ -138,11 +138,8 @@ def group(request):
 @pytest.mark.timeout(250)
 def test_model_parity(group):
     p, results = group
-    for r, res in enumerate(results):
-        assert len(res["parity"]) == len(_cases(p))
-        for key, err in res["parity"].items():
-            tol = 1e-10 if key[-1] == "torch.float64" else 1e-5
-            assert err <= tol, f"sp={p} rank {r} {key}: error {err:.3e} > {tol:.0e}"
+    assert all(len(res["parity"]) == len(_cases(p)) for res in results)
+    assert_parity(p, results)
 
 
 @pytest.mark.timeout(250)
