@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -241,7 +242,21 @@ def init_distributed(timeout_s: float = 300.0) -> Runtime:
             timeout=timedelta(seconds=timeout_s),
             verbose=False,
         )
+        if not on_gpu:
+            _unlink_shm_segment(addr, port, launch.rank)
     return Runtime(launch.rank, launch.world_size, launch.local_rank, device, backend, launch.launcher)
+
+
+def _unlink_shm_segment(addr: str, port: int, rank: int) -> None:
+    """Remove the name of DeepSpeed's CPU all-reduce segment for this rank (67 MB of /dev/shm).
+
+    DeepSpeed creates it when every rank is on one node and never unlinks it, so each job
+    would leave its segments in the node's memory. Once every rank has mapped its peers'
+    segments (the barrier), the name is no longer needed: the mappings live on until the
+    processes exit, however they exit.
+    """
+    dist.barrier()
+    Path("/dev/shm", f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}").unlink(missing_ok=True)
 
 
 def shutdown() -> None:

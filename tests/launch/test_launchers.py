@@ -10,6 +10,7 @@ tests/train/test_launch_deepspeed.py.
 
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,10 +35,13 @@ def _local_ranks(reports):
 def test_deepspeed_hostfile(tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
+    port = free_port()
     # A hostfile makes DeepSpeed probe its hosts over ssh; one local host needs neither ssh nor a lookup.
     run_launcher(["deepspeed", "--hostfile", str(hostfile), "--no_ssh_check", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port()), PROBE, str(tmp_path)], timeout=180)
+                  "--master_port", str(port), PROBE, str(tmp_path)], timeout=180)
     assert _local_ranks(probe_reports(tmp_path, world=2)) == [0, 1]
+    # DeepSpeed's CPU all-reduce gives each rank a 67 MB shared-memory segment; none may outlive the job.
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def test_deepspeed_two_nodes_without_ssh(tmp_path):
