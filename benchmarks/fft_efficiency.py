@@ -7,6 +7,11 @@ else: the practical limit on this machine. Efficiency = bare time / convolution 
 2.5 N log2 N flops per real FFT of length N (half the usual 5 N log2 N of a complex one). Timings are
 medians of interleaved repeats, in one process, after a warm-up.
 
+``cross_conv_before`` is the original formulation of ``cross_conv``, kept here for the side-by-side (make it
+fast): a stack of six complex products per frequency, then a slice and a 1/N pass after the inverse. The
+current ``cross_conv`` writes the cross product into one buffer (multiply, fused multiply-subtract in place)
+and folds 1/N into the forward FFT (``norm="forward"``). Both are timed against the same bare FFTs.
+
     python benchmarks/fft_efficiency.py            # writes results/fft_efficiency.{json,png}
     python benchmarks/fft_efficiency.py --quick    # smoke run (small N, results in a temp dir)
 """
@@ -22,6 +27,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+
+
+def cross_conv_before(q, k, mode: str = "circular"):
+    """The original ``cross_conv`` (the "before"): unbind, six complex products, stack; slice and scale."""
+    import torch
+
+    from dist_hyena.ops import conv_length
+
+    n = q.shape[1]
+    length = conv_length(n, mode)
+    a1, a2, a3 = torch.fft.rfft(q, n=length, dim=1).unbind(-1)
+    b1, b2, b3 = torch.fft.rfft(k, n=length, dim=1).unbind(-1)
+    spec = torch.stack([a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1], dim=-1)
+    return torch.fft.irfft(spec, n=length, dim=1)[:, :n] / n
 
 
 def cases(n: int, cv: int, d: int, mode: str):
@@ -43,9 +62,11 @@ def cases(n: int, cv: int, d: int, mode: str):
         torch.fft.rfft(qs, n=length, dim=1), torch.fft.rfft(ks, n=length, dim=1)
         torch.fft.irfft(spec_s, n=length, dim=1)
 
-    ffts = {"cross_conv": 9 * cv, "circular_conv": 3 * d}  # real FFTs of length `length` per call
+    # real FFTs of length `length` per call
+    ffts = {"cross_conv": 9 * cv, "cross_conv_before": 9 * cv, "circular_conv": 3 * d}
     return length, ffts, {
         "cross_conv": (lambda: cross_conv(qv, kv, mode), bare_vector),
+        "cross_conv_before": (lambda: cross_conv_before(qv, kv, mode), bare_vector),
         "circular_conv": (lambda: circular_conv(qs, ks, mode), bare_scalar),
     }
 
@@ -57,22 +78,29 @@ def run(sizes: list[int], cv: int, d: int, modes: list[str], repeats: int) -> li
     for mode in modes:
         for n in sizes:
             length, ffts, fns = cases(n, cv, d, mode)
-            for name, (conv, bare) in fns.items():
-                times = {"conv": [], "bare": []}
-                conv(), bare()
-                with torch.no_grad():
-                    for _ in range(repeats):  # interleaved, so both see the same machine load
+            times = {(name, key): [] for name in fns for key in ("conv", "bare")}
+            with torch.no_grad():
+                for conv, bare in fns.values():
+                    conv(), bare()
+                got, ref = fns["cross_conv"][0](), fns["cross_conv_before"][0]()
+                rel_diff = ((got - ref).abs().max() / ref.abs().max()).item()
+                for _ in range(repeats):  # interleaved, so every op and its bare FFTs see the same machine load
+                    for name, (conv, bare) in fns.items():
                         for key, fn in (("conv", conv), ("bare", bare)):
                             t0 = time.perf_counter()
                             fn()
-                            times[key].append(time.perf_counter() - t0)
-                conv_s, bare_s = harness.median(times["conv"]), harness.median(times["bare"])
+                            times[name, key].append(time.perf_counter() - t0)
+            for name in fns:
+                conv_s, bare_s = harness.median(times[name, "conv"]), harness.median(times[name, "bare"])
                 flops = ffts[name] * 2.5 * length * math.log2(length)
-                rows.append({"op": name, "mode": mode, "n": n, "fft_length": length, "channels": cv if
-                             name == "cross_conv" else d, "conv_s": conv_s, "bare_fft_s": bare_s,
+                rows.append({"op": name, "mode": mode, "n": n, "fft_length": length, "channels": d if
+                             name == "circular_conv" else cv, "conv_s": conv_s, "bare_fft_s": bare_s,
                              "efficiency": bare_s / conv_s, "conv_gflops": flops / conv_s / 1e9,
                              "bare_gflops": flops / bare_s / 1e9})
                 print(rows[-1], file=sys.stderr)
+            after, before = (next(r for r in rows[-3:] if r["op"] == op) for op in ("cross_conv", "cross_conv_before"))
+            after["speedup_vs_before"] = before["conv_s"] / after["conv_s"]
+            after["max_rel_diff_vs_before"] = rel_diff
     return rows
 
 
@@ -104,7 +132,7 @@ def plot(payload: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for op in ("cross_conv", "circular_conv"):
+    for op in ("cross_conv", "cross_conv_before", "circular_conv"):
         for mode, style in (("circular", "o-"), ("causal", "s--")):
             pts = [r for r in payload["rows"] if r["op"] == op and r["mode"] == mode]
             if pts:
