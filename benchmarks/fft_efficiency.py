@@ -3,7 +3,8 @@
 ``cross_conv`` on C vector channels needs 3C + 3C forward real FFTs and 3C inverse ones; ``circular_conv``
 on D scalar channels needs D + D forward and D inverse. The "bare" time is exactly those torch.fft calls
 on tensors of the same sizes and layout (one rfft of q, one of k, one irfft of a spectrum), with nothing
-else: the practical limit on this machine. Efficiency = bare time / convolution time. Throughput counts
+else: the practical limit on this machine. Efficiency = bare time / convolution time
+(median of per-repeat ratios). Throughput counts
 2.5 N log2 N flops per real FFT of length N (half the usual 5 N log2 N of a complex one). Timings are
 medians of interleaved repeats, in one process, after a warm-up.
 
@@ -71,6 +72,32 @@ def cases(n: int, cv: int, d: int, mode: str):
     }
 
 
+def forward_backward(n: int, cv: int, mode: str, repeats: int) -> dict:
+    """cross_conv before vs after in training: forward + backward (sum of the output), interleaved repeats."""
+    import torch
+
+    from dist_hyena.ops import cross_conv
+
+    q, k = (torch.randn(1, n, cv, 3, requires_grad=True) for _ in range(2))
+    impl = {"after": cross_conv, "before": cross_conv_before}
+    times = {key: [] for key in impl}
+    for i in range(repeats + 1):  # the first round is the warm-up
+        for key, fn in impl.items():
+            t0 = time.perf_counter()
+            fn(q, k, mode).sum().backward()
+            if i:
+                times[key].append(time.perf_counter() - t0)
+            q.grad = k.grad = None
+    return {"forward_backward_s": harness.median(times["after"]),
+            "before_forward_backward_s": harness.median(times["before"]),
+            "speedup_forward_backward_vs_before": paired(times["before"], times["after"])}
+
+
+def paired(num: list[float], den: list[float]) -> float:
+    """Median of per-repeat ratios num_i / den_i."""
+    return harness.median([a / b for a, b in zip(num, den, strict=True)])
+
+
 def run(sizes: list[int], cv: int, d: int, modes: list[str], repeats: int) -> list[dict]:
     import torch
 
@@ -93,14 +120,17 @@ def run(sizes: list[int], cv: int, d: int, modes: list[str], repeats: int) -> li
             for name in fns:
                 conv_s, bare_s = harness.median(times[name, "conv"]), harness.median(times[name, "bare"])
                 flops = ffts[name] * 2.5 * length * math.log2(length)
+                # ratios of times measured side by side (same repeat), then the median: steadier under load
+                # than a ratio of medians
                 rows.append({"op": name, "mode": mode, "n": n, "fft_length": length, "channels": d if
                              name == "circular_conv" else cv, "conv_s": conv_s, "bare_fft_s": bare_s,
-                             "efficiency": bare_s / conv_s, "conv_gflops": flops / conv_s / 1e9,
-                             "bare_gflops": flops / bare_s / 1e9})
+                             "efficiency": paired(times[name, "bare"], times[name, "conv"]),
+                             "conv_gflops": flops / conv_s / 1e9, "bare_gflops": flops / bare_s / 1e9})
                 print(rows[-1], file=sys.stderr)
-            after, before = (next(r for r in rows[-3:] if r["op"] == op) for op in ("cross_conv", "cross_conv_before"))
-            after["speedup_vs_before"] = before["conv_s"] / after["conv_s"]
+            after = next(r for r in rows[-3:] if r["op"] == "cross_conv")
+            after["speedup_vs_before"] = paired(times["cross_conv_before", "conv"], times["cross_conv", "conv"])
             after["max_rel_diff_vs_before"] = rel_diff
+            after.update(forward_backward(n, cv, mode, max(2, repeats // 2)))
     return rows
 
 

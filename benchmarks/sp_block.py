@@ -1,15 +1,21 @@
-"""One SE(3)-Hyena block, forward + backward, at sp = 1 and sp = 2: time, peak memory, traffic.
+"""Item 3: the cost of sequence parallelism. One SE(3)-Hyena block, forward + backward, at sp = 1, 2, 4 with
+both strategies (``channels``, ``fft``):
 
-    PYTHONPATH=. python benchmarks/sp_block.py [--config configs/benchmarks/sp_block.yaml]
-                                               [--tokens 16384,1048576] [--out results.json]
+- weak scaling: fixed tokens per rank T, N = sp * T (ideal: time and memory per rank stay flat);
+- strong scaling: fixed N (ideal: time and memory per rank fall as 1/sp);
+- traffic: all-to-all bytes per token per layer, measured by the communication ledger, against the closed form
+  (``dist_hyena.parallel.volume``), both strategies, circular and causal. The run fails if they differ by a byte.
 
-Every (N, sp, strategy) runs in fresh processes (gloo ranks on CPU, NCCL when there are
-GPUs), so each peak is that run's own. Memory is the peak resident set size of each rank
-process (``getrusage`` ru_maxrss), reported as the peak and as the growth over the RSS
-measured once the block is built (the activations, buffers and FFT workspace). On GPUs it is
-``torch.cuda.max_memory_allocated``. Traffic comes from the communication ledger, summed
-over the SP group, and is checked to equal the closed-form volume exactly
-(``dist_hyena.parallel.volume``); the script fails if it does not. Prints JSON.
+    python benchmarks/sp_block.py            # writes results/sp_block.{json,png}
+    python benchmarks/sp_block.py --quick    # smoke run (tiny N, sp 1 and 2, results in a temp dir)
+
+Settings in ``configs/benchmarks/sp_block.yaml``. Every (N, sp, strategy, mode) runs in fresh processes (gloo
+ranks on CPU, NCCL when there are GPUs), so each peak is that run's own. Memory per rank is the peak resident
+set size of the rank process (``getrusage`` ru_maxrss) minus its RSS once the block and its inputs are built
+(activations, communication buffers, FFT workspace); on GPUs ``torch.cuda.max_memory_allocated``. Time: wall
+time of the step (the slowest rank) and the CPU seconds of each rank (steadier on a shared machine). When the
+ranks' threads outnumber the machine's cores (sp = 4 on 2 cores) the run is marked ``oversubscribed``: its
+memory per rank is exact, its wall time is not the time of sp dedicated devices.
 """
 
 from __future__ import annotations
@@ -17,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import socket
 import statistics
 import sys
@@ -26,40 +30,34 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
 
-from dist_hyena import HyenaConfig  # noqa: E402
-from dist_hyena.model import HyenaBlock  # noqa: E402
-from dist_hyena.parallel import init_mesh, ledger, shard_sequence  # noqa: E402
-from dist_hyena.parallel.volume import bytes_per_token, conv_bytes  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+CONFIG = harness.ROOT / "configs" / "benchmarks" / "sp_block.yaml"
+QUICK = {"sp": [1, 2], "weak_tokens_per_rank": [512], "strong_tokens": [1024], "warmup": 0, "repeats": 1,
+         "traffic": {"tokens": 256, "conv_modes": []}}
 
 
 def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from dist_hyena import HyenaConfig
+    from dist_hyena.model import HyenaBlock
+    from dist_hyena.parallel import init_mesh, ledger, shard_sequence
+
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
-    limit = int(job["memory_limit_gib_per_rank"] * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # One core per rank, like one accelerator per rank: sp = 2 then uses twice the compute of sp = 1.
-    torch.set_num_threads(job["threads_per_rank"])
+    harness.set_threads(job["threads_per_rank"])
     mesh = None
     if job["sp"] > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
         mesh = init_mesh(sp=world)
-    dtype = DTYPES[job["dtype"]]
+    dtype = getattr(torch, job["dtype"])
     cfg = HyenaConfig(conv_mode=job["conv_mode"], sp_strategy=job["strategy"] or "auto", **job["model"])
     torch.manual_seed(0)
     block = HyenaBlock(cfg, mesh).to(device, dtype)
@@ -72,7 +70,9 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
     if mesh is not None:
         x, f = shard_sequence(x, mesh), shard_sequence(f, mesh)
     x, f = x.contiguous().to(device), f.contiguous().to(device)
-    rss_built = _rss_mib()
+    del gen
+    harness.cap_memory(int(job["memory_limit_gib_per_rank"] * harness.GIB))
+    rss_built = harness.rss_bytes()
 
     def step():
         block.zero_grad(set_to_none=True)
@@ -95,14 +95,13 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
     result = {
         "time_s": statistics.median(times),
         "cpu_time_s": statistics.median(cpu_times),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_after_build_mib": rss_built,
+        "peak_rss_bytes": harness.peak_rss_bytes(),
+        "rss_after_build_bytes": rss_built,
         "ledger": {f"{layer}|{op}": b for (layer, op), b in log.totals().items()},
     }
     if cuda:
-        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    with open(Path(out_dir) / f"rank{rank}.json", "w") as fh:
-        json.dump(result, fh)
+        result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     if mesh is not None:
         dist.barrier()
         dist.destroy_process_group()
@@ -115,23 +114,33 @@ def _free_port() -> int:
 
 
 def run_job(job: dict) -> dict:
-    """Run one (N, sp, strategy) in fresh processes; summarise over ranks."""
+    """Run one (N, sp, strategy, mode) in fresh processes; summarise over ranks."""
+    import torch.multiprocessing as mp
+
+    key = {k: job[k] for k in ("n_tokens", "sp", "strategy", "conv_mode")}
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_rank, args=(job["sp"], _free_port(), job, tmp), nprocs=job["sp"], join=True)
-        ranks = [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(job["sp"])]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            mp.spawn(_rank, args=(job["sp"], _free_port(), job, tmp), nprocs=job["sp"], join=True)
+            ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(job["sp"])]
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        # Reported, not hidden: e.g. a run past memory_limit_gib_per_rank.
+        return {**key, "fits": False, "error": str(e).strip().splitlines()[-1]}
+    growth = [r["peak_rss_bytes"] - r["rss_after_build_bytes"] for r in ranks]
     summary = {
-        "run": job["run"], "n_tokens": job["n_tokens"], "sp": job["sp"], "strategy": job["strategy"] or "one process",
-        "time_fwd_bwd_s": max(r["time_s"] for r in ranks),  # the step ends when the slowest rank does
+        **key, "fits": True, "tokens_per_rank": job["n_tokens"] / job["sp"],
+        "oversubscribed": job["sp"] * job["threads_per_rank"] > (os.cpu_count() or 1),
+        "time_s": max(r["time_s"] for r in ranks),  # the step ends when the slowest rank does
         # CPU seconds each rank spent (all its threads): the work per rank, whatever else shares the machine.
         "cpu_time_s_per_rank": [round(r["cpu_time_s"], 3) for r in ranks],
-        "peak_rss_mib_per_rank": [round(r["peak_rss_mib"], 1) for r in ranks],
-        "peak_rss_growth_mib_per_rank": [round(r["peak_rss_mib"] - r["rss_after_build_mib"], 1) for r in ranks],
+        "peak_rss_mib_per_rank": [round(r["peak_rss_bytes"] / 2**20, 1) for r in ranks],
+        "memory_mib_per_rank": [round(g / 2**20, 1) for g in growth],
+        "memory_mib_max_rank": round(max(growth) / 2**20, 1),
         # Timings on a shared machine are only as good as its load: keep it beside them.
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    if "peak_cuda_mib" in ranks[0]:
-        summary["peak_cuda_mib_per_rank"] = [round(r["peak_cuda_mib"], 1) for r in ranks]
+    if "peak_cuda_bytes" in ranks[0]:
+        summary["peak_cuda_mib_per_rank"] = [round(r["peak_cuda_bytes"] / 2**20, 1) for r in ranks]
     if job["sp"] > 1:
         summary.update(_traffic(job, ranks))
     return summary
@@ -139,15 +148,19 @@ def run_job(job: dict) -> dict:
 
 def _traffic(job: dict, ranks: list[dict]) -> dict:
     """Ledger (summed over ranks) vs closed-form volume: must agree to the byte."""
+    import torch
+
+    from dist_hyena.parallel.volume import bytes_per_token, conv_bytes
+
     measured: dict[str, int] = {}
     for r in ranks:
         for key, nbytes in r["ledger"].items():
             op = key.split("|", 1)[1]
             measured[op] = measured.get(op, 0) + nbytes
     m = job["model"]
-    itemsize = torch.finfo(torch.promote_types(DTYPES[job["dtype"]], torch.float32)).bits // 8
-    if job["strategy"] == "channels":
-        itemsize = torch.finfo(DTYPES[job["dtype"]]).bits // 8
+    dtype = getattr(torch, job["dtype"])
+    wire = dtype if job["strategy"] == "channels" else torch.promote_types(dtype, torch.float32)
+    itemsize = torch.finfo(wire).bits // 8
     forward = conv_bytes(job["strategy"], job["conv_mode"], job["n_tokens"], job["sp"], m["vector_width"],
                          m["scalar_width"], itemsize)
     theory = dict(forward)
@@ -158,50 +171,138 @@ def _traffic(job: dict, ranks: list[dict]) -> dict:
     n = job["n_tokens"]
     return {
         "bytes_per_token_per_layer": moved / n,
-        "theory_bytes_per_token_per_layer": sum(b for op, b in theory.items() if op != "token_counts") / n,
-        "even_split_closed_form_bytes_per_token": bytes_per_token(job["strategy"], job["conv_mode"], job["sp"],
-                                                                  m["vector_width"], m["scalar_width"], itemsize),
+        "theory_bytes_per_token_per_layer": bytes_per_token(job["strategy"], job["conv_mode"], job["sp"],
+                                                            m["vector_width"], m["scalar_width"], itemsize),
         "ledger_equals_theory": True,
         "bytes_by_op": measured,
     }
 
 
+def plan(cfg: dict) -> list[tuple[str, dict]]:
+    """(sweep, job) for every point of the weak, strong and traffic sweeps; shared points appear once per sweep."""
+    common = {k: cfg[k] for k in ("dtype", "warmup", "repeats", "threads_per_rank", "memory_limit_gib_per_rank",
+                                  "model")}
+    n_groups = cfg["model"]["vector_width"] + cfg["model"]["scalar_width"]
+
+    def strategies(sp):
+        return [None] if sp == 1 else [s for s in cfg["strategies"] if s != "channels" or n_groups >= sp]
+
+    points = []
+    for t in cfg["weak_tokens_per_rank"]:
+        points += [("weak", dict(n_tokens=t * sp, sp=sp, strategy=s, conv_mode=cfg["conv_mode"]))
+                   for sp in cfg["sp"] for s in strategies(sp)]
+    for n in cfg["strong_tokens"]:
+        points += [("strong", dict(n_tokens=n, sp=sp, strategy=s, conv_mode=cfg["conv_mode"]))
+                   for sp in cfg["sp"] for s in strategies(sp)]
+    for mode in cfg["traffic"]["conv_modes"]:
+        n = cfg["traffic"]["tokens"]
+        points += [("traffic", dict(n_tokens=n, sp=sp, strategy=s, conv_mode=mode))
+                   for sp in cfg["sp"] if sp > 1 for s in strategies(sp)]
+    return [(sweep, {**common, **p}) for sweep, p in points]
+
+
+def run(cfg: dict) -> list[dict]:
+    done: dict[tuple, dict] = {}
+    runs = []
+    for sweep, job in plan(cfg):
+        key = (job["n_tokens"], job["sp"], job["strategy"], job["conv_mode"])
+        if key not in done:
+            done[key] = run_job(job)
+            print(json.dumps(done[key]), file=sys.stderr, flush=True)
+        runs.append({"sweep": sweep, **done[key]})
+    return runs
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per sweep and strategy: time and memory per rank relative to the one-process run of the sweep."""
+    out = {}
+    for sweep in ("weak", "strong"):
+        pts = [r for r in runs if r["sweep"] == sweep and r["fits"]]
+        for size in sorted({r["n_tokens"] if sweep == "strong" else r["tokens_per_rank"] for r in pts}):
+            group = [r for r in pts if (r["n_tokens"] if sweep == "strong" else r["tokens_per_rank"]) == size]
+            base = next((r for r in group if r["sp"] == 1), None)
+            if base is None:
+                continue
+            rows = []
+            for r in group:
+                if r["sp"] == 1:
+                    continue
+                rows.append({"sp": r["sp"], "strategy": r["strategy"], "oversubscribed": r["oversubscribed"],
+                             "time_vs_sp1": r["time_s"] / base["time_s"],
+                             "cpu_per_rank_vs_sp1": max(r["cpu_time_s_per_rank"]) / base["cpu_time_s_per_rank"][0],
+                             "memory_per_rank_vs_sp1": r["memory_mib_max_rank"] / base["memory_mib_max_rank"]})
+            out[f"{sweep}_{int(size)}"] = rows
+    return out
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in payload["runs"] if r["fits"]]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    styles = {"channels": ("tab:blue", "o-"), "fft": ("tab:orange", "s-")}
+    for row, sweep in enumerate(("weak", "strong")):
+        pts = [r for r in runs if r["sweep"] == sweep]
+        sizes = sorted({r["tokens_per_rank"] if sweep == "weak" else r["n_tokens"] for r in pts})
+        for size in sizes:
+            group = [r for r in pts if (r["tokens_per_rank"] if sweep == "weak" else r["n_tokens"]) == size]
+            base = [r for r in group if r["sp"] == 1]
+            label_size = f"T={int(size)}/rank" if sweep == "weak" else f"N={int(size)}"
+            for strategy, (color, style) in styles.items():
+                line = sorted(base + [r for r in group if r["strategy"] == strategy], key=lambda r: r["sp"])
+                if len(line) < 2:
+                    continue
+                sps = [r["sp"] for r in line]
+                for col, (key, fn) in enumerate((("wall", lambda r: r["time_s"]),
+                                                 ("memory", lambda r: r["memory_mib_max_rank"]))):
+                    ax = axes[row, col]
+                    ax.plot(sps, [fn(r) for r in line], style, color=color, label=f"{strategy}, {label_size}")
+                    if key == "wall":
+                        ax.plot(sps, [max(r["cpu_time_s_per_rank"]) for r in line], ":", color=color,
+                                label=f"{strategy}, CPU s / rank")
+                    for r in line:
+                        if r["oversubscribed"]:
+                            ax.plot([r["sp"]], [fn(r)], "x", color="red", ms=10)
+        axes[row, 0].set(ylabel="seconds (fwd + bwd)", title=f"{sweep} scaling: time (x = oversubscribed)")
+        axes[row, 1].set(ylabel="MiB per rank (peak growth)", title=f"{sweep} scaling: memory per rank")
+        for ax in axes[row]:
+            ax.set(xlabel="sp", xscale="log", xticks=payload["config"]["sp"])
+            ax.set_xticklabels([str(s) for s in payload["config"]["sp"]])
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=7)
+    fig.suptitle("One SE(3)-Hyena block, forward + backward, per rank vs sp", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=REPO / "configs/benchmarks/sp_block.yaml")
-    parser.add_argument("--tokens", help="comma-separated N, overrides the config")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args(argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny N, sp 1 and 2, results to a temp dir")
+    ap.add_argument("--weak", type=int, nargs="+", help="tokens per rank of the weak sweep (overrides the config)")
+    ap.add_argument("--strong", type=int, nargs="+", help="N of the strong sweep (overrides the config)")
+    ap.add_argument("--sp", type=int, nargs="+", help="sp values (overrides the config)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    args = ap.parse_args(argv)
     cfg = yaml.safe_load(args.config.read_text())
-    results = []
-    for run in cfg["runs"]:
-        tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else run["tokens"]
-        n_groups = run["model"]["vector_width"] + run["model"]["scalar_width"]
-        for n in tokens:
-            for sp in cfg["sp"]:
-                strategies = [s for s in cfg["strategies"] if s != "channels" or n_groups >= sp] if sp > 1 else [None]
-                for strategy in strategies:
-                    job = dict(run=run["name"], n_tokens=n, sp=sp, strategy=strategy, model=run["model"],
-                               **{k: cfg[k] for k in ("conv_mode", "dtype", "warmup", "repeats", "threads_per_rank",
-                                                      "memory_limit_gib_per_rank")})
-                    try:
-                        results.append(run_job(job))
-                    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-                        # Reported, not hidden: e.g. a run past memory_limit_gib_per_rank.
-                        results.append({k: job[k] for k in ("run", "n_tokens", "sp", "strategy")}
-                                       | {"error": str(e).strip().splitlines()[-1]})
-                    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    report = {
-        "benchmark": "sp_block", "config": cfg,
-        "machine": {"cpus": os.cpu_count(), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
-                    "platform": platform.platform()},
-        "memory": "peak RSS per rank process (getrusage ru_maxrss); growth = peak - RSS after building the block",
-        "results": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    if args.quick:
+        cfg.update(QUICK)
+    for name, value in (("weak_tokens_per_rank", args.weak), ("strong_tokens", args.strong), ("sp", args.sp)):
+        if value:
+            cfg[name] = value
+    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    harness.set_threads(cfg["threads_per_rank"])
+    machine = harness.machine()
+    runs = run(cfg)
+    payload = {"benchmark": "sp_block", "machine": machine, "config": cfg,
+               "memory": "per rank: peak RSS (ru_maxrss) minus RSS once the block and its inputs are built",
+               "runs": runs, "summary": summarise(runs)}
+    harness.save("sp_block", payload, args.out)
+    plot(payload, args.out / "sp_block.png")
 
 
 if __name__ == "__main__":

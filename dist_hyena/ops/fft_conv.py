@@ -13,6 +13,7 @@ FFTs run in at least float32 (torch.fft has no half-precision path on every devi
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 CONV_MODES = ("circular", "causal")
 
@@ -47,9 +48,13 @@ class _SpectralCross(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
+        if ctx is not None:
+            ctx.save_for_backward(a, b)
         shape = torch.broadcast_shapes(a.shape, b.shape)
-        return _cross_into(torch.empty(shape, dtype=torch.promote_types(a.dtype, b.dtype), device=a.device), a, b)
+        # empty_like keeps the operand's strides: torch.fft returns the transformed dim innermost, so each
+        # component of the result is then one contiguous run, and the inverse FFT reads it in that order.
+        out = torch.empty_like(a.expand(shape), dtype=torch.promote_types(a.dtype, b.dtype))
+        return _cross_into(out, a, b)
 
     @staticmethod
     def backward(ctx, grad):
@@ -66,7 +71,9 @@ def spectral_cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cross product over the last dim (size 3) of complex (or real) tensors, no conjugation."""
     if a.shape[-1] != 3 or b.shape[-1] != 3:
         raise ValueError(f"spectral_cross needs 3-vectors in the last dim, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return _SpectralCross.apply(a, b)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _SpectralCross.apply(a, b)
+    return _SpectralCross.forward(None, a, b)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, vector: bool) -> None:
@@ -81,27 +88,71 @@ def _check(q: torch.Tensor, k: torch.Tensor, vector: bool) -> None:
         raise TypeError(f"{name} needs floating-point inputs, got {q.dtype} and {k.dtype}")
 
 
+def _compact(u: torch.Tensor, n: int, scale: int) -> torch.Tensor:
+    """The first ``n`` tokens of a length-``scale * n`` inverse transform, times ``scale`` (1: as is)."""
+    return u if scale == 1 else u[:, :n] * scale
+
+
+class _FFTConv(torch.autograd.Function):
+    """u = (1/N) sum_j q_j (*) k_(i-j) by FFT, (*) the product (elementwise, or the cross product of 3-vectors).
+
+    Scaling: with Q = rfft(q)/L and K = rfft(k)/L (``norm="forward"``, the scale applied inside the FFT),
+    u = (L/N) * irfft(Q (*) K, norm="forward"); L/N is 1 in circular mode, so no pass of its own, and 2 in
+    causal mode, applied by the copy that keeps the first N of the 2N outputs.
+
+    Backward, by hand rather than through autograd's FFT backwards (which run full-length complex FFTs):
+    with G = rfft(g) (unscaled), grad_q = (L/N) irfft(conj(K) (*) G) and grad_k = (L/N) irfft(G (*) conj(Q)),
+    the correlations that are the adjoints of the convolution: one forward and two inverse real FFTs.
+    Keeps the two spectra for backward, as autograd did.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, length: int, vector: bool):
+        n = q.shape[1]
+        spec_q = torch.fft.rfft(q, n=length, dim=1, norm="forward")
+        spec_k = torch.fft.rfft(k, n=length, dim=1, norm="forward")
+        if vector:
+            prod = spectral_cross(spec_q, spec_k)
+        else:  # without autograd q's spectrum is not needed again: multiply in place
+            prod = spec_q * spec_k if ctx is not None else spec_q.mul_(spec_k)
+        if ctx is not None:
+            ctx.save_for_backward(spec_q, spec_k)
+            ctx.n, ctx.length, ctx.vector = n, length, vector
+        return _compact(torch.fft.irfft(prod, n=length, dim=1, norm="forward"), n, length // n)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        spec_q, spec_k = ctx.saved_tensors
+        n, length, vector = ctx.n, ctx.length, ctx.vector
+        spec_g = torch.fft.rfft(grad.to(spec_q.real.dtype), n=length, dim=1)
+        grad_q = grad_k = None
+        if ctx.needs_input_grad[0]:
+            prod = spectral_cross(spec_k.conj(), spec_g) if vector else spec_g * spec_k.conj()
+            grad_q = _compact(torch.fft.irfft(prod, n=length, dim=1), n, length // n)
+        if ctx.needs_input_grad[1]:
+            prod = spectral_cross(spec_g, spec_q.conj()) if vector else spec_g * spec_q.conj()
+            grad_k = _compact(torch.fft.irfft(prod, n=length, dim=1), n, length // n)
+        return grad_q, grad_k, None, None
+
+
+def _fft_conv(q: torch.Tensor, k: torch.Tensor, mode: str, vector: bool) -> torch.Tensor:
+    _check(q, k, vector=vector)
+    length = conv_length(q.shape[1], mode)
+    dt = _fft_dtype(q)
+    qt, kt = q.to(dt), k.to(dt)
+    if torch.is_grad_enabled() and (qt.requires_grad or kt.requires_grad):
+        u = _FFTConv.apply(qt, kt, length, vector)
+    else:
+        u = _FFTConv.forward(None, qt, kt, length, vector)
+    return u.to(q.dtype)
+
+
 def circular_conv(q: torch.Tensor, k: torch.Tensor, mode: str = "circular") -> torch.Tensor:
     """``q, k`` ``[B, N, D]`` -> ``u`` ``[B, N, D]``, per-channel convolution over tokens, 1/N scaled."""
-    _check(q, k, vector=False)
-    n = q.shape[1]
-    length = conv_length(n, mode)
-    dt = _fft_dtype(q)
-    spec = torch.fft.rfft(q.to(dt), n=length, dim=1) * torch.fft.rfft(k.to(dt), n=length, dim=1)
-    return (torch.fft.irfft(spec, n=length, dim=1)[:, :n] / n).to(q.dtype)
+    return _fft_conv(q, k, mode, vector=False)
 
 
 def cross_conv(q: torch.Tensor, k: torch.Tensor, mode: str = "circular") -> torch.Tensor:
     """``q, k`` ``[B, N, C, 3]`` -> ``u`` ``[B, N, C, 3]``, u_i = (1/N) sum_j q_j x k_(i-j), per channel."""
-    _check(q, k, vector=True)
-    n = q.shape[1]
-    length = conv_length(n, mode)
-    dt = _fft_dtype(q)
-    # irfft(rfft(q) * rfft(k)) is the unscaled sum; norm="forward" puts 1/length on q's spectrum inside the
-    # FFT itself. That is the 1/N of circular mode with no pass of its own; causal mode (length 2N) needs a
-    # factor 2 on its first N outputs, applied by the copy that compacts them.
-    spec = spectral_cross(torch.fft.rfft(q.to(dt), n=length, dim=1, norm="forward"),
-                          torch.fft.rfft(k.to(dt), n=length, dim=1))
-    u = torch.fft.irfft(spec, n=length, dim=1)
-    u = u if length == n else u[:, :n] * 2
-    return u.to(q.dtype)
+    return _fft_conv(q, k, mode, vector=True)
