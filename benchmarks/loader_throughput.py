@@ -1,8 +1,8 @@
 """Item 5: the loader must never be the bottleneck. Tokens/s the StreamingLoader delivers to one rank vs tokens/s
 one rank's training step consumes, at the long-context config, in one run (so both see the same machine).
 
-    python benchmarks/loader_throughput.py             # recall_1m: N = 2^20 tokens, sp = 8 -> results/loader_throughput.json
-    python benchmarks/loader_throughput.py --quick     # smoke run (N = 4096, sp = 2, results in a temp dir)
+    python benchmarks/loader_throughput.py           # recall_1m: N = 2^20, sp = 8 -> results/loader_throughput.json
+    python benchmarks/loader_throughput.py --quick   # smoke run (N = 4096, sp = 2, results in a temp dir)
 
 Delivery (per rank, SP rank 0 of sp, batch size of the config): the loader over a recall zarr store made here
 (chunked along tokens at the SP block, so a rank reads only its chunks) with its background thread, the same with
@@ -160,10 +160,10 @@ def main() -> None:
     ap.add_argument("--n-tokens", type=int, default=None, help="tokens per sample (default: the config's)")
     ap.add_argument("--sp", type=int, default=None, help="SP size (default: the config's)")
     ap.add_argument("--samples", type=int, default=16, help="train samples of the generated store")
-    ap.add_argument("--step-tokens", type=int, nargs="+", default=[4096, 16384],
+    ap.add_argument("--step-tokens", type=int, nargs="+", default=[4096],
                     help="tokens of the measured training steps (one rank's block or less)")
     ap.add_argument("--step-repeats", type=int, default=1)
-    ap.add_argument("--pipeline-steps", type=int, default=4)
+    ap.add_argument("--pipeline-steps", type=int, default=3)
     ap.add_argument("--generated-batches", type=int, default=2, help="batches timed from GeneratedRecall")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the worker run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (see benchmarks/README.md)")

@@ -243,11 +243,11 @@ def plot(payload: dict, path: Path) -> None:
 
     runs = [r for r in payload["runs"] if r["fits"]]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    styles = {"channels": ("tab:blue", "o-"), "fft": ("tab:orange", "s-")}
+    styles = {"channels": ("tab:blue", "o"), "fft": ("tab:orange", "s")}
     for row, sweep in enumerate(("weak", "strong")):
         pts = [r for r in runs if r["sweep"] == sweep]
         sizes = sorted({r["tokens_per_rank"] if sweep == "weak" else r["n_tokens"] for r in pts})
-        for size in sizes:
+        for size, dash in zip(sizes, ("-", "--", "-.", ":"), strict=False):
             group = [r for r in pts if (r["tokens_per_rank"] if sweep == "weak" else r["n_tokens"]) == size]
             base = [r for r in group if r["sp"] == 1]
             label_size = f"T={int(size)}/rank" if sweep == "weak" else f"N={int(size)}"
@@ -259,18 +259,20 @@ def plot(payload: dict, path: Path) -> None:
                 for col, (key, fn) in enumerate((("wall", lambda r: r["time_s"]),
                                                  ("memory", lambda r: r["memory_mib_max_rank"]))):
                     ax = axes[row, col]
-                    ax.plot(sps, [fn(r) for r in line], style, color=color, label=f"{strategy}, {label_size}")
+                    ax.plot(sps, [fn(r) for r in line], style[0] + dash, color=color, label=f"{strategy}, {label_size}")
                     if key == "wall":
-                        ax.plot(sps, [max(r["cpu_time_s_per_rank"]) for r in line], ":", color=color,
-                                label=f"{strategy}, CPU s / rank")
+                        ax.plot(sps, [max(r["cpu_time_s_per_rank"]) for r in line], style[0] + dash, color=color,
+                                alpha=0.35, label=f"{strategy}, {label_size}: CPU s / rank")
                     for r in line:
                         if r["oversubscribed"]:
                             ax.plot([r["sp"]], [fn(r)], "x", color="red", ms=10)
-        axes[row, 0].set(ylabel="seconds (fwd + bwd)", title=f"{sweep} scaling: time (x = oversubscribed)")
+        axes[row, 0].set(ylabel="seconds (fwd + bwd)",
+                         title=f"{sweep} scaling: wall time, faint: CPU s / rank (x = oversubscribed)")
         axes[row, 1].set(ylabel="MiB per rank (peak growth)", title=f"{sweep} scaling: memory per rank")
         for ax in axes[row]:
-            ax.set(xlabel="sp", xscale="log", xticks=payload["config"]["sp"])
-            ax.set_xticklabels([str(s) for s in payload["config"]["sp"]])
+            ax.set_xscale("log", base=2)
+            ax.set(xlabel="sp", xticks=payload["config"]["sp"], xticklabels=[str(s) for s in payload["config"]["sp"]])
+            ax.minorticks_off()
             ax.set_ylim(bottom=0)
             ax.legend(fontsize=7)
     fig.suptitle("One SE(3)-Hyena block, forward + backward, per rank vs sp", fontsize=10)

@@ -16,6 +16,9 @@ EXPECTED = {
     "longest_context": {"sp", "cap_gib", "paper_forward_tokens", "runs", "summary"},
     "fft_efficiency": {"rows"},
     "geometric_product": {"rows"},
+    "sp_block": {"config", "runs", "summary"},
+    "loader_throughput": {"long_context", "delivery_per_rank", "step_consumption_per_rank",
+                          "ratio_delivery_over_consumption", "pipelined"},
 }
 
 
@@ -39,5 +42,19 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         assert payload["rows"] and all(v > 0 for r in payload["rows"] for k, v in r.items() if k.endswith("_s"))
     if name == "geometric_product":
         assert all(r["max_abs_diff"] < 1e-4 for r in payload["rows"])
-    if name in ("operator_vs_attention", "longest_context", "fft_efficiency"):
+    if name == "fft_efficiency":
+        assert {r["op"] for r in payload["rows"]} == {"cross_conv", "cross_conv_before", "circular_conv"}
+        assert all(r["max_rel_diff_vs_before"] < 1e-5 for r in payload["rows"] if r["op"] == "cross_conv")
+    if name == "sp_block":
+        assert all(r["fits"] for r in payload["runs"])
+        assert {r["sweep"] for r in payload["runs"]} == {"weak", "strong"}
+        assert {r["strategy"] for r in payload["runs"] if r["sp"] > 1} == {"channels", "fft"}
+        # the script itself fails unless the ledger equals the closed form to the byte
+        assert all(r["ledger_equals_theory"] for r in payload["runs"] if r["sp"] > 1)
+        assert all(m > 0 for r in payload["runs"] for m in r["peak_rss_mib_per_rank"])
+    if name == "loader_throughput":
+        assert all(v["tokens_per_s"] > 0 for v in payload["delivery_per_rank"].values())
+        assert all(s["tokens_per_s"] > 0 for s in payload["step_consumption_per_rank"])
+        assert payload["pipelined"]["steps"] >= 2
+    if name in ("operator_vs_attention", "longest_context", "fft_efficiency", "sp_block"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
