@@ -161,16 +161,31 @@ def plot(payload: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for op in ("cross_conv", "cross_conv_before", "circular_conv"):
-        for mode, style in (("circular", "o-"), ("causal", "s--")):
-            pts = [r for r in payload["rows"] if r["op"] == op and r["mode"] == mode]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"cross_conv": "tab:blue", "cross_conv_before": "tab:gray", "circular_conv": "tab:green"}
+    styles = {"circular": "o-", "causal": "s--"}
+    rows = payload["rows"]
+    for op, color in colors.items():
+        for mode, style in styles.items():
+            pts = [r for r in rows if r["op"] == op and r["mode"] == mode]
             if pts:
-                ax.plot([r["n"] for r in pts], [r["efficiency"] for r in pts], style, label=f"{op} ({mode})")
+                ax.plot([r["n"] for r in pts], [r["efficiency"] for r in pts], style, color=color,
+                        label=f"{op} ({mode})")
     ax.axhline(1.0, color="grey", ls=":", label="bare torch.fft")
     ax.set(xscale="log", ylim=(0, 1.2), xlabel="tokens N", ylabel="bare FFT time / convolution time",
            title="FFT efficiency of the convolutions")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    for mode, style in styles.items():
+        pts = [r for r in rows if r["op"] == "cross_conv" and r["mode"] == mode]
+        if pts:
+            ax2.plot([r["n"] for r in pts], [r["speedup_vs_before"] for r in pts], style, color="tab:blue",
+                     label=f"forward ({mode})")
+            ax2.plot([r["n"] for r in pts], [r["speedup_forward_backward_vs_before"] for r in pts], style,
+                     color="tab:red", label=f"forward + backward ({mode})")
+    ax2.axhline(1.0, color="grey", ls=":")
+    ax2.set(xscale="log", ylim=(0, None), xlabel="tokens N", ylabel="before time / after time",
+            title="cross_conv: speed-up over the previous formulation")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

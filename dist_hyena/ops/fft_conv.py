@@ -111,8 +111,8 @@ class _FFTConv(torch.autograd.Function):
         n = q.shape[1]
         spec_q = torch.fft.rfft(q, n=length, dim=1, norm="forward")
         spec_k = torch.fft.rfft(k, n=length, dim=1, norm="forward")
-        if vector:
-            prod = spectral_cross(spec_q, spec_k)
+        if vector:  # inside this node already: the product itself, without an autograd node of its own
+            prod = _cross_into(torch.empty_like(spec_q), spec_q, spec_k)
         else:  # without autograd q's spectrum is not needed again: multiply in place
             prod = spec_q * spec_k if ctx is not None else spec_q.mul_(spec_k)
         if ctx is not None:
@@ -128,10 +128,10 @@ class _FFTConv(torch.autograd.Function):
         spec_g = torch.fft.rfft(grad.to(spec_q.real.dtype), n=length, dim=1)
         grad_q = grad_k = None
         if ctx.needs_input_grad[0]:
-            prod = spectral_cross(spec_k.conj(), spec_g) if vector else spec_g * spec_k.conj()
+            prod = _cross_into(torch.empty_like(spec_g), spec_k.conj(), spec_g) if vector else spec_g * spec_k.conj()
             grad_q = _compact(torch.fft.irfft(prod, n=length, dim=1), n, length // n)
         if ctx.needs_input_grad[1]:
-            prod = spectral_cross(spec_g, spec_q.conj()) if vector else spec_g * spec_q.conj()
+            prod = _cross_into(torch.empty_like(spec_g), spec_g, spec_q.conj()) if vector else spec_g * spec_q.conj()
             grad_k = _compact(torch.fft.irfft(prod, n=length, dim=1), n, length // n)
         return grad_q, grad_k, None, None
 
