@@ -21,7 +21,8 @@ class HyenaConfig:
     channels wide (the gating MLP ``gate_width``). ``mixer``: ``hyena`` (FFT long convolution), ``attention``
     (the paper's O(N²) vector attention) or ``sdpa`` (invariant-distance attention on
     ``scaled_dot_product_attention``, never N x N in memory). ``mlp_token_chunk``: when set, every
-    Clifford MLP keeps only its input for backward and recomputes itself that many tokens at a time.
+    MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
+    chunk by chunk there (``VectorScalarMLP``).
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
