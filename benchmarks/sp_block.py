@@ -8,6 +8,7 @@ both strategies (``channels``, ``fft``):
 
     python benchmarks/sp_block.py            # writes results/sp_block.{json,png}
     python benchmarks/sp_block.py --quick    # smoke run (tiny N, sp 1 and 2, results in a temp dir)
+    python benchmarks/sp_block.py --mlp-token-chunk 4096 --weak 16384 --strong 65536   # MLPs chunked
 
 Settings in ``configs/benchmarks/sp_block.yaml``. Every (N, sp, strategy, mode) runs in fresh processes (gloo
 ranks on CPU, NCCL when there are GPUs), so each peak is that run's own. Memory per rank is the peak resident
@@ -275,7 +276,9 @@ def plot(payload: dict, path: Path) -> None:
             ax.minorticks_off()
             ax.set_ylim(bottom=0)
             ax.legend(fontsize=7)
-    fig.suptitle("One SE(3)-Hyena block, forward + backward, per rank vs sp", fontsize=10)
+    chunk = payload["config"]["model"].get("mlp_token_chunk")
+    fig.suptitle("One SE(3)-Hyena block, forward + backward, per rank vs sp"
+                 + (f" (MLPs in chunks of {chunk} tokens)" if chunk else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -288,9 +291,15 @@ def main(argv=None) -> None:
     ap.add_argument("--weak", type=int, nargs="+", help="tokens per rank of the weak sweep (overrides the config)")
     ap.add_argument("--strong", type=int, nargs="+", help="N of the strong sweep (overrides the config)")
     ap.add_argument("--sp", type=int, nargs="+", help="sp values (overrides the config)")
+    ap.add_argument("--mlp-token-chunk", type=int, default=None,
+                    help="HyenaConfig.mlp_token_chunk of the block; results then go to sp_block_chunk<N>.{json,png}")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args(argv)
     cfg = yaml.safe_load(args.config.read_text())
+    name = "sp_block"
+    if args.mlp_token_chunk:
+        cfg["model"] = {**cfg["model"], "mlp_token_chunk": args.mlp_token_chunk}
+        name = f"sp_block_chunk{args.mlp_token_chunk}"
     if args.quick:
         cfg.update(QUICK)
     for name, value in (("weak_tokens_per_rank", args.weak), ("strong_tokens", args.strong), ("sp", args.sp)):
@@ -303,8 +312,8 @@ def main(argv=None) -> None:
     payload = {"benchmark": "sp_block", "machine": machine, "config": cfg,
                "memory": "per rank: peak RSS (ru_maxrss) minus RSS once the block and its inputs are built",
                "runs": runs, "summary": summarise(runs)}
-    harness.save("sp_block", payload, args.out)
-    plot(payload, args.out / "sp_block.png")
+    harness.save(name, payload, args.out)
+    plot(payload, args.out / f"{name}.png")
 
 
 if __name__ == "__main__":
