@@ -8,7 +8,7 @@ both strategies (``channels``, ``fft``):
 
     python benchmarks/sp_block.py            # writes results/sp_block.{json,png}
     python benchmarks/sp_block.py --quick    # smoke run (tiny N, sp 1 and 2, results in a temp dir)
-    python benchmarks/sp_block.py --mlp-token-chunk 4096 --weak 16384 --strong 65536   # MLPs chunked
+    python benchmarks/sp_block.py --mlp-token-chunk 4096 --weak 16384 --strong 65536 --no-traffic   # MLPs chunked
 
 Settings in ``configs/benchmarks/sp_block.yaml``. Every (N, sp, strategy, mode) runs in fresh processes (gloo
 ranks on CPU, NCCL when there are GPUs), so each peak is that run's own. Memory per rank is the peak resident
@@ -47,6 +47,7 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
 
     from dist_hyena import HyenaConfig
     from dist_hyena.model import HyenaBlock
+    from dist_hyena.nn import VectorScalarMLP
     from dist_hyena.parallel import init_mesh, ledger, shard_sequence
 
     cuda = torch.cuda.is_available()
@@ -62,6 +63,9 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
     cfg = HyenaConfig(conv_mode=job["conv_mode"], sp_strategy=job["strategy"] or "auto", **job["model"])
     torch.manual_seed(0)
     block = HyenaBlock(cfg, mesh).to(device, dtype)
+    for module in block.modules():  # as SE3HyenaModel does for its MLPs (a bare block leaves them unchunked)
+        if isinstance(module, VectorScalarMLP):
+            module.token_chunk = cfg.mlp_token_chunk
     if mesh is not None:
         ledger.name_layers(block)
     gen = torch.Generator().manual_seed(1)
@@ -293,6 +297,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sp", type=int, nargs="+", help="sp values (overrides the config)")
     ap.add_argument("--mlp-token-chunk", type=int, default=None,
                     help="HyenaConfig.mlp_token_chunk of the block; results then go to sp_block_chunk<N>.{json,png}")
+    ap.add_argument("--no-traffic", action="store_true", help="skip the traffic sweep (bytes do not depend on chunks)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args(argv)
     cfg = yaml.safe_load(args.config.read_text())
@@ -302,9 +307,11 @@ def main(argv=None) -> None:
         name = f"sp_block_chunk{args.mlp_token_chunk}"
     if args.quick:
         cfg.update(QUICK)
-    for name, value in (("weak_tokens_per_rank", args.weak), ("strong_tokens", args.strong), ("sp", args.sp)):
+    if args.no_traffic:
+        cfg["traffic"] = {**cfg["traffic"], "conv_modes": []}
+    for key, value in (("weak_tokens_per_rank", args.weak), ("strong_tokens", args.strong), ("sp", args.sp)):
         if value:
-            cfg[name] = value
+            cfg[key] = value
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
     harness.set_threads(cfg["threads_per_rank"])
     machine = harness.machine()
