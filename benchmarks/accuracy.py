@@ -93,17 +93,21 @@ def run_nbody(args, work: Path) -> dict:
 
 def recall_overrides(work: Path, length: int, variant: str, sizes: dict, args) -> list[str]:
     gen = {"n_tokens": length, "vocab_size": args.vocab, "variant": variant, **sizes}
-    every = max(1, args.steps // 6)
+    every = max(1, args.steps // 4)
     return [f"run.out_dir={work / 'runs'}", "data.source=generated", "data.seed=0", "data.generate=" + json.dumps(gen),
             f"model.hidden_width={args.hidden}", f"train.steps={args.steps}", f"train.batch_size={args.batch}",
             f"optim.lr={args.recall_lr}", "optim.schedule=cosine", "optim.warmup_steps=10",
-            "optim.min_lr_ratio=0.05", f"eval.every={every}", f"eval.batch_size={args.batch}", "eval.test=true",
+            "optim.min_lr_ratio=0.05", f"eval.every={every}", f"eval.batch_size={min(32, sizes['val'])}",
+            "eval.test=true",
             "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
 
 
-def run_recall(args, work: Path) -> dict:
-    sizes = {"train": 2000, "val": 200, "test": 200} if not args.quick else {"train": 64, "val": 16, "test": 16}
-    runs = []
+def run_recall(args, work: Path, previous: dict | None) -> dict:
+    """Train the grid of --lengths x --variants x mixers; runs of other lengths already in `previous` are kept
+    (so lengths can be run with different --steps / --batch in separate invocations)."""
+    n_eval = 16 if args.quick else args.eval_size
+    sizes = {"train": 64 if args.quick else 2000, "val": n_eval, "test": n_eval}
+    runs = [r for r in (previous or {}).get("runs", []) if r["n_tokens"] not in args.lengths]
     for length in args.lengths:
         for variant in args.variants:
             for mixer in ("hyena", "attention"):
@@ -111,11 +115,13 @@ def run_recall(args, work: Path) -> dict:
                 ov = recall_overrides(work, length, variant, sizes, args)
                 r = train_run("recall.yaml", ov + [f"run.name={name}", "run.seed=0", f"model.mixer={mixer}"])
                 b = r["best"]
-                runs.append({"mixer": mixer, "variant": variant, "n_tokens": length, **r, "test_mse": b["test_mse"],
+                runs.append({"mixer": mixer, "variant": variant, "n_tokens": length, "batch_size": args.batch,
+                             "lr": args.recall_lr, "splits": sizes, **r, "test_mse": b["test_mse"],
                              "test_accuracy": b["test_accuracy"]})
                 print(f"[accuracy] {name}: test MSE {b['test_mse']:.4f}, accuracy {b['test_accuracy']:.3f} at best "
                       f"val (step {b['step']}), {r['wall_s']} s", flush=True)
-    settings = {"splits": sizes, "steps": args.steps, "batch_size": args.batch, "lr": args.recall_lr,
+    runs.sort(key=lambda r: (r["n_tokens"], r["variant"], r["mixer"]))
+    settings = {"per_run": "steps, batch_size, lr and split sizes are recorded with each run",
                 "schedule": "cosine, 10 warmup steps, to 5% of lr", "weight_decay": 1e-5, "vocab_size": args.vocab,
                 "chance_accuracy": 1 / args.vocab, "seed": 0,
                 "widths": f"invariant 16, equivariant {args.hidden}, gating 8, 3 blocks",
@@ -227,6 +233,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=16, help="recall equivariant width (the paper: 128)")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--eval-size", type=int, default=96, help="recall validation and test sequences")
     ap.add_argument("--recall-lr", type=float, default=3e-3)
     ap.add_argument("--eval-lengths", type=int, nargs="+", default=[256, 4096, 65536])
     ap.add_argument("--eval-samples", type=int, default=16)
@@ -248,7 +255,7 @@ def main() -> None:
             payload["nbody"] = run_nbody(args, work)
         elif part == "recall":
             args.steps = steps or (3 if args.quick else 150)
-            payload["recall"] = run_recall(args, work)
+            payload["recall"] = run_recall(args, work, payload.get("recall"))
         else:
             payload["long"] = run_long(args, work, payload.get("recall"))
         args.steps = steps

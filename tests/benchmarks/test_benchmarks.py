@@ -16,6 +16,7 @@ EXPECTED = {
     "longest_context": {"sp", "cap_gib", "paper_forward_tokens", "runs", "summary"},
     "fft_efficiency": {"rows"},
     "geometric_product": {"rows"},
+    "accuracy": {"nbody", "recall", "long"},
 }
 
 
@@ -39,5 +40,12 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         assert payload["rows"] and all(v > 0 for r in payload["rows"] for k, v in r.items() if k.endswith("_s"))
     if name == "geometric_product":
         assert all(r["max_abs_diff"] < 1e-4 for r in payload["rows"])
-    if name in ("operator_vs_attention", "longest_context", "fft_efficiency"):
+    if name == "accuracy":  # every run went through the trainer and reports its metrics at best validation
+        assert {r["mixer"] for r in payload["nbody"]["table"]} == {"hyena", "attention", "linear"}
+        assert all(r["test_mse"] > 0 and r["best"]["step"] >= 1 for r in payload["nbody"]["runs"])
+        assert {(r["mixer"], r["variant"]) for r in payload["recall"]["runs"]} == {
+            (m, v) for m in ("hyena", "attention") for v in ("random", "fixed")}
+        assert all(0 <= r["test_accuracy"] <= 1 for r in payload["recall"]["runs"])
+        assert all(0 <= r["accuracy"] <= 1 for r in payload["long"]["rows"])
+    if name in ("operator_vs_attention", "longest_context", "fft_efficiency", "accuracy"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
