@@ -218,9 +218,40 @@ def plot(payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(payload: dict) -> str:
+    """The README's tables from the results."""
+    lines = []
+    if "nbody" in payload:
+        nb = payload["nbody"]
+        lines += [f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds, "
+                  f"{nb['settings']['steps']} steps) | paper (3000 steps) | per-seed | wall per run (s) |",
+                  "|---|---|---|---|---|"]
+        for r in nb["table"]:
+            seeds = ", ".join(f"{x['test_mse']:.4f}" for x in nb["runs"] if x["mixer"] == r["mixer"])
+            lines.append(f"| {r['model']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {r['paper_mse']} | "
+                         f"{seeds} | {r['wall_s_mean']:.0f} |")
+        lines.append("")
+    if "recall" in payload:
+        lines += ["| length | vocabulary | model | steps × batch | test accuracy | test MSE | best step | wall (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in payload["recall"]["runs"]:
+            lines.append(f"| {r['n_tokens']} | {r['variant']} | {LABELS[r['mixer']]} | {r['steps']} × "
+                         f"{r['batch_size']} | {r['test_accuracy']:.3f} | {r['test_mse']:.3f} | {r['best']['step']} | "
+                         f"{r['wall_s']:.0f} |")
+        lines.append("")
+    if "long" in payload:
+        lines += ["| vocabulary | trained at | evaluated at | samples | accuracy (chance) | MSE | s / sample |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in payload["long"]["rows"]:
+            lines.append(f"| {r['variant']} | {r['trained_at']} | {r['n_tokens']} | {r['samples']} | "
+                         f"{r['accuracy']:.3f} ({r['chance']:.2f}) | {r['mse']:.3f} | {r['seconds_per_sample']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["nbody", "recall", "long", "all"], default="all")
+    ap.add_argument("--tables", action="store_true", help="only print the README tables of <out>/accuracy.json")
     ap.add_argument("--quick", action="store_true", help="a smoke run of every part (seconds, meaningless numbers)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     ap.add_argument("--work", type=Path, default=None, help="runs and data (default: runs/accuracy, quick: <out>)")
@@ -246,6 +277,9 @@ def main() -> None:
     work = args.work or (out / "accuracy_work" if args.quick else harness.ROOT / "runs" / "accuracy")
     path = out / "accuracy.json"
     payload = json.loads(path.read_text()) if path.exists() else {}
+    if args.tables:
+        print(markdown(payload))
+        return
     payload.update({"benchmark": "accuracy", "machine": harness.machine()})
     parts = ["nbody", "recall", "long"] if args.part == "all" else [args.part]
     for part in parts:
@@ -261,6 +295,7 @@ def main() -> None:
         args.steps = steps
         harness.save("accuracy", payload, out)  # after every part: a stopped session keeps what it measured
     plot(payload, out / "accuracy.png")
+    print(markdown(payload))
 
 
 if __name__ == "__main__":
