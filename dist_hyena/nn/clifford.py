@@ -22,6 +22,22 @@ def _smooth_norm(x: torch.Tensor, dim) -> torch.Tensor:
     return torch.sqrt(x.pow(2).sum(dim=dim) + _EPS**2)
 
 
+def _grade_onehot() -> torch.Tensor:
+    """[8, 4]: blade b belongs to grade g. ``x @ it`` sums blades per grade, ``v @ it.T`` spreads a per-grade
+    value over its blades: matrix products instead of mask indexing, several times faster on long inputs."""
+    return nn.functional.one_hot(algebra.grade_index(), algebra.N_GRADES).float()
+
+
+def _grade_norms(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """[..., 8] -> [..., 4]: the smooth norm of each grade's part."""
+    return torch.sqrt(x.square() @ onehot.to(x.dtype) + _EPS**2)
+
+
+def _per_blade(v: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """[..., 4] per-grade values -> [..., 8], each blade taking its grade's value."""
+    return v @ onehot.to(v.dtype).T
+
+
 class CliffordLinear(nn.Module):
     """y[o, b] = sum_i W[o, i, grade(b)] x[i, b], plus a bias on the scalar blade."""
 
@@ -38,61 +54,67 @@ class CliffordLinear(nn.Module):
         return y
 
 
-def _product_tables() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sparse form of the Cayley table: for output blade k and left blade i, the single right
-    blade j with blade_i * blade_j ∝ blade_k (``right [k, i]``), its sign and the grade path
-    (g_i, g_j, g_k) (``path [k, i]``); and for output k and right blade j the single left blade
-    (``left [k, j]``)."""
-    table = algebra.cayley_table(torch.float64)
-    right = table.abs().argmax(dim=1).T.contiguous()  # [i, k] -> j, stored [k, i]
-    left = table.abs().argmax(dim=0).T.contiguous()  # [j, k] -> i, stored [k, j]
-    sign = table.gather(1, right.T[:, None, :]).squeeze(1).T  # [k, i]
-    g = algebra.grade_index()
-    path = (g[None, :] * algebra.N_GRADES + g[right]) * algebra.N_GRADES + g[:, None]  # [k, i]
-    return right, left, sign, path
+# Token x channel rows per chunk of the product: a chunk's [rows, 64] outer products (1 MiB in float32) stay in
+# cache, which makes the product several times faster than whole-tensor passes, and its temporaries do not
+# grow with the sequence length.
+_CHUNK_ROWS = 4096
 
 
-# Rows (token x channel pairs) per chunk of the product's [rows, 8, 8] temporaries: ~32 MiB in float32,
-# so the transient memory stays flat however long the sequence is.
-_CHUNK_ROWS = 2**17
+def _outer(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[o, t, 8] x [o, t, 8] -> [o, t, 64]: x_i y_j, flattened (i, j)."""
+    return (x.unsqueeze(-1) * y.unsqueeze(-2)).flatten(-2)
 
 
-class _WeightedProduct(torch.autograd.Function):
-    """y[..., o, k] = sum_i a[..., o, i] b[..., o, right[k, i]] coef[o, k, i]: the Cayley product with a
-    weight per channel and output/left blade pair. Autograd would keep the [..., o, 8, 8] gathered operands
-    (16x the inputs); this keeps only a and b and rebuilds the rest chunk by chunk in backward. (A dense
-    einsum against an [o, 8, 8, 8] weighted Cayley tensor was tried for the forward: slower in
-    benchmarks/geometric_product.py on this machine, so the sparse gather stays.)"""
+def _channel_major(x: torch.Tensor) -> torch.Tensor:
+    """[t, o, 8] -> [o, t, 8], contiguous: the layout of the batched products (a copy of 8, not 64, per row)."""
+    return x.transpose(0, 1).contiguous()
+
+
+def _contract(outer: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """[o, t, 64] x [o, 64, 8] -> [t, o, 8]."""
+    return torch.bmm(outer, w).transpose(0, 1)
+
+
+class _ChannelBilinear(torch.autograd.Function):
+    """y[..., o, k] = sum_ij a[..., o, i] b[..., o, j] w[o, i, j, k]: one bilinear map per channel (here the
+    weighted Cayley product). Each chunk of rows forms the outer products a_i b_j and contracts them with w
+    in one batched matrix product. Keeps only a, b and w for backward (autograd would keep every outer
+    product, 8x the operands) and rebuilds the outer products chunk by chunk there."""
 
     @staticmethod
-    def forward(ctx, a, b, coef, right, left):
-        ctx.save_for_backward(a, b, coef, right, left)
-        o = coef.shape[0]
-        a2, b2 = a.reshape(-1, o, 8), b.reshape(-1, o, 8)
+    def forward(ctx, a, b, w):
+        ctx.save_for_backward(a, b, w)
+        o = w.shape[0]
+        a2, b2, w2 = a.reshape(-1, o, 8), b.reshape(-1, o, 8), w.reshape(o, 64, 8)
         out = torch.empty_like(a2)
         step = max(1, _CHUNK_ROWS // o)
         for s in range(0, a2.shape[0], step):
-            sl = slice(s, s + step)
-            torch.sum(a2[sl].unsqueeze(-2) * b2[sl][..., right] * coef, dim=-1, out=out[sl])
+            ac, bc = _channel_major(a2[s : s + step]), _channel_major(b2[s : s + step])
+            out[s : s + step] = _contract(_outer(ac, bc), w2)
         return out.view_as(a)
 
     @staticmethod
     def backward(ctx, grad):
-        a, b, coef, right, left = ctx.saved_tensors
-        o = coef.shape[0]
+        a, b, w = ctx.saved_tensors
+        o = w.shape[0]
         a2, b2, g2 = a.reshape(-1, o, 8), b.reshape(-1, o, 8), grad.reshape(-1, o, 8)
-        coef_by_right = coef.gather(2, left.expand(o, 8, 8))  # [o, k, j]: coef at the left partner of (k, j)
-        grad_a, grad_b, grad_coef = torch.empty_like(a2), torch.empty_like(b2), torch.zeros_like(coef)
+        w_for_a = w.permute(0, 2, 3, 1).reshape(o, 64, 8)  # [o, (j, k), i]
+        w_for_b = w.permute(0, 1, 3, 2).reshape(o, 64, 8)  # [o, (i, k), j]
+        need_a, need_b, need_w = ctx.needs_input_grad
+        grad_a = torch.empty_like(a2) if need_a else None
+        grad_b = torch.empty_like(b2) if need_b else None
+        grad_w = torch.zeros(o, 64, 8, dtype=w.dtype, device=w.device) if need_w else None
         step = max(1, _CHUNK_ROWS // o)
         for s in range(0, a2.shape[0], step):
-            sl = slice(s, s + step)
-            gk = g2[sl].unsqueeze(-1)  # [t, o, k, 1]
-            b_right = b2[sl][..., right]  # [t, o, k, i]
-            grad_a[sl] = (gk * b_right * coef).sum(-2)
-            grad_coef += torch.einsum("tok,toki->oki", g2[sl], a2[sl].unsqueeze(-2) * b_right)
-            del b_right
-            grad_b[sl] = (gk * a2[sl][..., left] * coef_by_right).sum(-2)
-        return grad_a.view_as(a), grad_b.view_as(b), grad_coef, None, None
+            ac, bc, gc = (_channel_major(t[s : s + step]) for t in (a2, b2, g2))
+            if need_a:
+                grad_a[s : s + step] = _contract(_outer(bc, gc), w_for_a)
+            if need_b:
+                grad_b[s : s + step] = _contract(_outer(ac, gc), w_for_b)
+            if need_w:
+                grad_w.baddbmm_(_outer(ac, bc).transpose(1, 2), gc)
+        return (grad_a.view_as(a) if need_a else None, grad_b.view_as(b) if need_b else None,
+                grad_w.view_as(w) if need_w else None)
 
 
 class GeometricProduct(nn.Module):
@@ -106,26 +128,22 @@ class GeometricProduct(nn.Module):
         self.right = CliffordLinear(in_channels, out_channels)
         self.path_weight = nn.Parameter(torch.randn(out_channels, algebra.N_GRADES**3) / math.sqrt(algebra.N_GRADES))
         self.norm_gate = nn.Parameter(torch.zeros(out_channels, algebra.N_GRADES))
-        right, left, sign, path = _product_tables()
-        self.register_buffer("right_blade", right, persistent=False)
-        self.register_buffer("left_blade", left, persistent=False)
-        self.register_buffer("sign", sign.float(), persistent=False)
-        self.register_buffer("path", path, persistent=False)
-        self.register_buffer("grades", algebra.grade_index(), persistent=False)
+        g = algebra.grade_index()
+        self.register_buffer("cayley", algebra.cayley_table(), persistent=False)  # [i, j, k]
+        path = (g[:, None, None] * algebra.N_GRADES + g[None, :, None]) * algebra.N_GRADES + g[None, None, :]
+        self.register_buffer("path", path, persistent=False)  # [i, j, k] -> grade path (g_i, g_j, g_k)
+        self.register_buffer("grade_onehot", _grade_onehot(), persistent=False)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         # Per grade: x / (s (|x_g| - 1) + 1), s = sigmoid(learned) in (0, 1), so the divisor stays > 0.
-        norms = torch.stack(
-            [_smooth_norm(x[..., self.grades == g], -1) for g in range(algebra.N_GRADES)], dim=-1
-        )
         s = torch.sigmoid(self.norm_gate)
-        return x / (s * (norms - 1) + 1)[..., self.grades]
+        return x / _per_blade(s * (_grade_norms(x, self.grade_onehot) - 1) + 1, self.grade_onehot)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.left(x)  # [..., o, 8]
         b = self._normalise(self.right(x))  # [..., o, 8]
-        coef = self.sign.to(x.dtype) * self.path_weight[:, self.path]  # [o, k, i]
-        product = _WeightedProduct.apply(a, b, coef, self.right_blade, self.left_blade)
+        weighted_cayley = self.cayley.to(x.dtype) * self.path_weight[:, self.path]  # [o, i, j, k]
+        product = _ChannelBilinear.apply(a, b, weighted_cayley)
         return (self.skip(x) + product) / math.sqrt(2)
 
 
@@ -137,14 +155,13 @@ class GatedNonlinearity(nn.Module):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(channels, algebra.N_GRADES))
         self.shift = nn.Parameter(torch.zeros(channels, algebra.N_GRADES))
-        self.register_buffer("grades", algebra.grade_index(), persistent=False)
+        self.register_buffer("grade_onehot", _grade_onehot(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inv = [x[..., algebra.SCALAR]] + [
-            _smooth_norm(x[..., self.grades == g], -1) for g in range(1, algebra.N_GRADES)
-        ]
-        gate = torch.sigmoid(self.scale * torch.stack(inv, dim=-1) + self.shift)
-        return x * gate[..., self.grades]
+        norms = _grade_norms(x, self.grade_onehot)
+        inv = torch.cat([x[..., algebra.SCALAR, None], norms[..., 1:]], dim=-1)  # the scalar itself, not its norm
+        gate = torch.sigmoid(self.scale * inv + self.shift)
+        return x * _per_blade(gate, self.grade_onehot)
 
 
 class CliffordLayerNorm(nn.Module):

@@ -71,22 +71,21 @@ def test_embed_and_read_round_trip():
         algebra.read(mv, 5, 5)
 
 
-def test_geometric_product_matches_the_cayley_sum_and_its_gradients():
-    """The fused product equals sum_ijk a_i b_j C_ijk w(o, path) by the dense table, values and gradients."""
+def test_geometric_product_matches_the_cayley_sum_and_its_gradients(monkeypatch):
+    """The chunked product equals sum_ijk a_i b_j C_ijk w(o, path) by the dense table, values and gradients,
+    also when the rows do not divide into chunks."""
     from dist_hyena.nn import clifford
 
+    monkeypatch.setattr(clifford, "_CHUNK_ROWS", 12)  # 3 tokens x 4 channels per chunk; 10 tokens below
     torch.manual_seed(0)
     layer = GeometricProduct(3, 4).double()
-    a, b = torch.randn(2, 5, 6, 4, 8, dtype=torch.float64, requires_grad=True)
-    coef = (layer.sign.double() * layer.path_weight[:, layer.path]).detach().requires_grad_()
+    a, b = torch.randn(2, 2, 5, 4, 8, dtype=torch.float64, requires_grad=True)
     g = algebra.grade_index()
     path = (g[:, None, None] * 4 + g[None, :, None]) * 4 + g[None, None, :]
-    dense = algebra.cayley_table(torch.float64) * layer.path_weight[:, path]  # [o, i, j, k]
+    dense = (algebra.cayley_table(torch.float64) * layer.path_weight[:, path]).detach().requires_grad_()
     expected = torch.einsum("...oi,...oj,oijk->...ok", a, b, dense)
-    args = (layer.right_blade, layer.left_blade)
-    assert torch.allclose(clifford._WeightedProduct.apply(a, b, coef, *args), expected, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda a, b, c: clifford._WeightedProduct.apply(a, b, c, *args),
-                                    (a[:1, :2], b[:1, :2], coef))
+    assert torch.allclose(clifford._ChannelBilinear.apply(a, b, dense), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(clifford._ChannelBilinear.apply, (a, b, dense))
 
 
 def test_token_chunked_mlp_matches_plain_autograd():
