@@ -129,6 +129,25 @@ def run_recall(args, work: Path, previous: dict | None) -> dict:
     return {"settings": settings, "runs": runs}
 
 
+def recall_references(length: int, variant: str, vocab: int, samples: int) -> dict:
+    """What needs no retrieval, on the same test sequences: guessing one of the sequence's value vectors (expected
+    accuracy; values repeat within a sequence, so this beats 1 / vocab) and predicting the mean of its values (MSE)."""
+    import numpy as np
+
+    from dist_hyena.data.recall_task import RecallTask
+
+    task = RecallTask(length, seed=0, vocab_size=vocab, variant=variant)
+    pad = length - 1 - 2 * ((length - 1) // 2)
+    guess, mse = [], []
+    for i in range(samples):
+        tokens, target = task.sample("test", i)
+        values = tokens[pad + 1:-1:2]
+        guess.append(1 / len(np.unique(values.round(5), axis=0)))
+        mse.append(float(np.mean((values.mean(axis=0) - target) ** 2)))
+    return {"n_tokens": length, "variant": variant, "samples": samples, "value_guess_accuracy": float(np.mean(guess)),
+            "value_mean_mse": float(np.mean(mse))}
+
+
 def run_long(args, work: Path, recall: dict | None) -> dict:
     """Evaluate the recall SE(3)-Hyena models trained at the longest length on longer sequences."""
     import torch
@@ -156,7 +175,9 @@ def run_long(args, work: Path, recall: dict | None) -> dict:
                     pred, _ = model(b["x"], b["f"])
                     sse += (pred - b["y"]).square().sum().item()
                     hits += recall_hits(pred, b["x"], b["y"]).sum().item()
+            ref = recall_references(length, run["variant"], args.vocab, args.eval_samples)
             rows.append({"variant": run["variant"], "trained_at": top, "n_tokens": length,
+                         "value_guess_accuracy": ref["value_guess_accuracy"], "value_mean_mse": ref["value_mean_mse"],
                          "samples": args.eval_samples, "mse": sse / (3 * args.eval_samples),
                          "accuracy": hits / args.eval_samples, "chance": 1 / args.vocab,
                          "seconds_per_sample": round((time.perf_counter() - t0) / args.eval_samples, 2),
@@ -238,13 +259,17 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {r['n_tokens']} | {r['variant']} | {LABELS[r['mixer']]} | {r['steps']} × "
                          f"{r['batch_size']} | {r['test_accuracy']:.3f} | {r['test_mse']:.3f} | {r['best']['step']} | "
                          f"{r['wall_s']:.0f} |")
+        for r in payload["recall"].get("references", []):
+            lines.append(f"| {r['n_tokens']} | {r['variant']} | no retrieval: guess a value of the sequence / predict "
+                         f"their mean | — | {r['value_guess_accuracy']:.3f} | {r['value_mean_mse']:.3f} | — | — |")
         lines.append("")
     if "long" in payload:
-        lines += ["| vocabulary | trained at | evaluated at | samples | accuracy (chance) | MSE | s / sample |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| vocabulary | trained at | evaluated at | samples | accuracy | no-retrieval guess | 1/vocab | "
+                  "MSE | value-mean MSE | s / sample |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in payload["long"]["rows"]:
             lines.append(f"| {r['variant']} | {r['trained_at']} | {r['n_tokens']} | {r['samples']} | "
-                         f"{r['accuracy']:.3f} ({r['chance']:.2f}) | {r['mse']:.3f} | {r['seconds_per_sample']} |")
+                         f"{r['accuracy']:.3f} | {r['value_guess_accuracy']:.3f} | {r['chance']:.2f} | "
+                         f"{r['mse']:.3f} | {r['value_mean_mse']:.3f} | {r['seconds_per_sample']} |")
     return "\n".join(lines)
 
 
@@ -293,6 +318,10 @@ def main() -> None:
         else:
             payload["long"] = run_long(args, work, payload.get("recall"))
         args.steps = steps
+        if "recall" in payload:  # the no-retrieval references of every (length, vocabulary) trained
+            firsts = {(r["n_tokens"], r["variant"]): r for r in reversed(payload["recall"]["runs"])}
+            payload["recall"]["references"] = [recall_references(n, v, args.vocab, r["splits"]["test"])
+                                               for (n, v), r in sorted(firsts.items())]
         harness.save("accuracy", payload, out)  # after every part: a stopped session keeps what it measured
     plot(payload, out / "accuracy.png")
     print(markdown(payload))
