@@ -216,7 +216,11 @@ def plot(payload: dict, path: Path) -> None:
                     if rs:
                         ax.plot([r["n_tokens"] for r in rs], [r["test_accuracy"] for r in rs], style, marker=marker,
                                 label=f"{LABELS[r_mixer]}, {variant} vocab")
-            ax.axhline(payload["recall"]["settings"]["chance_accuracy"], color="grey", lw=0.8, label="chance")
+            ax.axhline(payload["recall"]["settings"]["chance_accuracy"], color="grey", lw=0.8, label="1 / vocab")
+            refs = payload["recall"].get("references", [])
+            if refs:
+                ax.axhline(statistics.fmean(r["value_guess_accuracy"] for r in refs), color="grey", ls=":",
+                           label="no retrieval: guess a value of the sequence")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("sequence length (tokens)")
             ax.set_ylabel("test accuracy at best validation")
@@ -227,8 +231,11 @@ def plot(payload: dict, path: Path) -> None:
                 if rs:
                     ax.plot([r["n_tokens"] for r in rs], [r["accuracy"] for r in rs], "-", marker=marker,
                             label=f"SE(3)-Hyena, {variant} vocab (trained at {rs[0]['trained_at']})")
-            if payload["long"]["rows"]:
-                ax.axhline(payload["long"]["rows"][0]["chance"], color="grey", lw=0.8, label="chance")
+            rows = payload["long"]["rows"]
+            if rows:
+                ax.axhline(rows[0]["chance"], color="grey", lw=0.8, label="1 / vocab")
+                ax.axhline(statistics.fmean(r.get("value_guess_accuracy", 0) for r in rows), color="grey", ls=":",
+                           label="no retrieval: guess a value of the sequence")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("evaluation length (tokens)")
             ax.set_ylabel("accuracy")
