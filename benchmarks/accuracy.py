@@ -66,13 +66,13 @@ def run_nbody(args, work: Path) -> dict:
     every = max(1, args.steps // 10)
     common = [f"run.out_dir={work / 'runs'}", f"data.path={data}", "data.seed=0",
               "data.generate=" + json.dumps(sizes), f"train.steps={args.steps}", f"optim.lr={args.nbody_lr}",
-              "optim.schedule=cosine", "optim.warmup_steps=20", "optim.min_lr_ratio=0.05", f"eval.every={every}",
-              f"eval.batch_size={min(500, sizes['val'])}", "eval.test=true", "checkpoint.every=0", "checkpoint.keep=1",
-              f"log.every={every}"]
+              f"optim.schedule={args.nbody_schedule}", "optim.warmup_steps=20", "optim.min_lr_ratio=0.05",
+              f"eval.every={every}", f"eval.batch_size={min(500, sizes['val'])}", "eval.test=true",
+              "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
     runs = []
     for mixer in args.mixers:
         for seed in args.seeds:
-            name = f"nbody_{mixer}_s{seed}"
+            name = f"{args.nbody_key}_{mixer}_s{seed}"
             r = train_run("nbody5.yaml", common + [f"run.name={name}", f"run.seed={seed}", f"model.mixer={mixer}"])
             runs.append({"mixer": mixer, "seed": seed, **r, "test_mse": r["best"]["test_mse"]})
             print(f"[accuracy] {name}: test MSE {r['best']['test_mse']:.5f} at best val (step "
@@ -85,7 +85,9 @@ def run_nbody(args, work: Path) -> dict:
                       "seeds": len(values), "paper_mse": PAPER_NBODY[mixer],
                       "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs if r["mixer"] == mixer)})
     settings = {"splits": sizes, "steps": args.steps, "batch_size": 100, "lr": args.nbody_lr,
-                "schedule": "cosine, 20 warmup steps, to 5% of lr", "weight_decay": 1e-5, "eval_every": every,
+                "schedule": f"{args.nbody_schedule}, 20 warmup steps"
+                + (", to 5% of lr" if args.nbody_schedule == "cosine" else ""),
+                "weight_decay": 1e-5, "eval_every": every,
                 "widths": "paper's: invariant 8, equivariant 16, gating 8, 2 blocks", "seeds": args.seeds,
                 "data_seed": 0, "paper": PAPER_BUDGET["nbody"]}
     return {"settings": settings, "paper": PAPER_NBODY, "runs": runs, "table": table}
@@ -291,6 +293,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--mixers", nargs="+", default=["hyena", "attention", "linear"], choices=list(LABELS))
     ap.add_argument("--nbody-lr", type=float, default=3e-3)
+    ap.add_argument("--nbody-schedule", choices=["cosine", "constant"], default="cosine")
+    ap.add_argument("--nbody-key", default="nbody", help="the results key of this n-body table (e.g. a second "
+                    "table at another budget)")
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--variants", nargs="+", default=["random", "fixed"], choices=["random", "fixed"])
     ap.add_argument("--vocab", type=int, default=4)
@@ -318,7 +323,7 @@ def main() -> None:
         steps = args.steps
         if part == "nbody":
             args.steps = steps or (10 if args.quick else 600)
-            payload["nbody"] = run_nbody(args, work)
+            payload[args.nbody_key] = run_nbody(args, work)
         elif part == "recall":
             args.steps = steps or (3 if args.quick else 150)
             payload["recall"] = run_recall(args, work, payload.get("recall"))
