@@ -251,9 +251,10 @@ def plot(payload: dict, path: Path) -> None:
 def markdown(payload: dict) -> str:
     """The README's tables from the results."""
     lines = []
-    if "nbody" in payload:
-        nb = payload["nbody"]
-        lines += [f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds, "
+    for key in (k for k in payload if k.startswith("nbody")):
+        nb = payload[key]
+        lines += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "",
+                  f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds, "
                   f"{nb['settings']['steps']} steps) | paper (3000 steps) | per-seed | wall per run (s) |",
                   "|---|---|---|---|---|"]
         for r in nb["table"]:
