@@ -128,7 +128,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     train_loader = _loader(source, "train", micro_batch_size(cfg, mesh.dp), mesh, cfg, shuffle=True)
     val_loader = _loader(source, "val", cfg.eval.batch_size, mesh, cfg, shuffle=False)
     test_loader = _loader(source, "test", cfg.eval.batch_size, mesh, cfg, shuffle=False) if cfg.eval.test else None
-    for split, loader, key in (("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")):
+    checks = [("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")]
+    for split, loader, key in checks + ([("test", test_loader, "eval.batch_size")] if test_loader else []):
         if len(loader) == 0:  # would end in a StopIteration or a division by zero far from the cause
             where = cfg.data.path if cfg.data.source == "store" else "the generated data"
             raise ConfigError(f"{where}: the {split} split has {loader.reader.n_samples} samples, fewer than one "
@@ -138,11 +139,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     model_cfg = _model_config(cfg, meta)
     engine, _ = build_engine(cfg, model_cfg, mesh)
 
-    start = 0
+    start, best = 0, {}  # best: the best validation so far: step, val_* and (eval.test) test_* metrics there
     tags = checkpoint.complete_tags(ckpt_root) if resume else []
     if tags:
         state = checkpoint.load(engine, ckpt_root, tags[-1], model_cfg.to_dict())
         train_loader.load_state_dict(state["loader"])
+        best = state.get("best", {})
         start = state["step"]
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     tokens_per_step = cfg.train.batch_size * n_tokens
     batches = iter(train_loader)
     first_loss = last_loss = val_mse = None
-    best: dict = {}  # the best validation so far: step, val_* metrics and (eval.test) test_* metrics there
     step, saved, interrupted = start, start, False
     t_last, steps_since, window_loss = time.perf_counter(), 0, 0.0
     engine.train()
@@ -212,7 +213,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                         record.update({f"test_{k}": v for k, v in test.items()})
                 log.log(step, **record)
             if terminating or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == end:
-                state = {"step": step, "loader": train_loader.state_dict(), "model": model_cfg.to_dict()}
+                state = {"step": step, "loader": train_loader.state_dict(), "model": model_cfg.to_dict(), "best": best}
                 checkpoint.save(engine, ckpt_root, step, state, cfg.checkpoint.keep)
                 saved = step
             if terminating:
