@@ -63,12 +63,15 @@ def timed(fn, min_repeats: int = 1, max_repeats: int = 3, budget_s: float = 5.0)
     return times
 
 
-def run_point(script: str, point: dict, timeout_s: float) -> dict:
-    """Run ``script --point JSON`` in a fresh interpreter; it prints one JSON object as its last stdout line.
-    A crash, a kill or a timeout comes back as ``{"fits": False, "error": ...}``."""
+def run_point(script: str, point: dict, timeout_s: float, ranks: int = 1) -> dict:
+    """Run ``script --point JSON`` in a fresh interpreter (``ranks`` > 1: as that many ranks under torchrun);
+    it prints one JSON object as its last stdout line. A crash, a kill or a timeout comes back as
+    ``{"fits": False, "error": ...}``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    launcher = [sys.executable] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
     try:
-        proc = subprocess.run([sys.executable, script, "--point", json.dumps(point)], env=env, capture_output=True,
+        proc = subprocess.run([*launcher, script, "--point", json.dumps(point)], env=env, capture_output=True,
                               text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {**point, "fits": False, "error": f"timeout after {timeout_s:.0f} s"}
@@ -87,13 +90,16 @@ def add_point_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def serve_point(args: argparse.Namespace, measure) -> bool:
-    """The child side of ``run_point``: measure the ``--point`` given, print its JSON. -> whether there was one."""
+    """The child side of ``run_point``: measure the ``--point`` given, print its JSON (unless ``measure``
+    returns None: the other ranks of a multi-rank point). -> whether there was a point."""
     set_threads(args.threads)
     if not args.point:
         return False
     point = json.loads(args.point)
     set_threads(point["threads"])
-    print(json.dumps(measure(point)))
+    result = measure(point)
+    if result is not None:  # under torchrun only rank 0 reports
+        print(json.dumps(result))
     return True
 
 

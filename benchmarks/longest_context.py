@@ -1,18 +1,21 @@
-"""Item 2: the longest sequence for one full training step (forward + backward + Adam) of the n-body model
-at sp = 1, with and without activation checkpointing, and the peak memory per token.
+"""Item 2: the longest sequence for one full training step (forward + backward + Adam) of the n-body model,
+with and without activation checkpointing and token-chunked MLPs, at sp = 1 and sp = 2, and the peak memory
+per token.
 
-Every N runs in a fresh process capped at ``--cap-gib`` (default: what the machine has free now, minus a
-margin), so "does not fit" means the allocator refused, not that the machine died. Peak memory is the
-process's high-water RSS minus its RSS before the inputs were made (model and optimizer state excluded:
-they do not grow with N). N doubles until a step does not fit or ``--max-tokens`` is reached.
+Every point runs in fresh processes (sp = 2: two gloo ranks under torchrun, each holding N/2 tokens), capped
+at ``--cap-gib`` in all (split evenly over the ranks), so "does not fit" means the allocator refused, not that
+the machine died. Peak memory is each rank's high-water RSS minus its RSS before the inputs were made (model
+and optimizer state excluded: they do not grow with N), summed over the ranks. For each variant and sp the
+sizes run in order until one does not fit.
 
-    python benchmarks/longest_context.py            # full run, writes results/longest_context.{json,png}
-    python benchmarks/longest_context.py --quick    # smoke run (small N, results in a temp dir)
+    python benchmarks/longest_context.py --sizes 65536 131072 262144    # writes results/longest_context.*
+    python benchmarks/longest_context.py --quick                         # smoke run (results in a temp dir)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -22,21 +25,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
 PAPER_FORWARD_TOKENS = 3_500_000  # one layer, forward only, 24 GB A10G (DESIGN §2)
-# name -> (activation checkpointing per block, token-chunked recompute in every Clifford MLP)
-VARIANTS = {"checkpointing+mlp_chunks": (True, True), "checkpointing": (True, False), "plain": (False, False)}
+# name -> (activation checkpointing per block, token-chunked MLPs)
+VARIANTS = {"plain": (False, False), "checkpointing": (True, False), "mlp_chunks": (False, True),
+            "checkpointing+mlp_chunks": (True, True)}
 
 
-def measure(point: dict) -> dict:
+def measure(point: dict) -> dict | None:
     import torch
+    import torch.distributed as dist
 
     from dist_hyena import HyenaConfig, SE3HyenaModel
 
-    harness.cap_memory(point["cap_bytes"])
+    sp, mesh = point["sp"], None
+    if sp > 1:
+        from dist_hyena.parallel import init_mesh
+        from dist_hyena.runtime import init_distributed
+
+        init_distributed()
+        mesh = init_mesh(sp=sp)
+    harness.cap_memory(point["cap_bytes"] // sp)
     torch.manual_seed(0)
     model = SE3HyenaModel(HyenaConfig(activation_checkpointing=point["checkpointing"],
-                                      mlp_token_chunk=point["token_chunk"]))
+                                      mlp_token_chunk=point["token_chunk"]), mesh)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
-    n = point["n"]
+    n = point["n"] // sp
     base = harness.rss_bytes()
     result = dict(point, fits=False)
     try:
@@ -46,63 +58,85 @@ def measure(point: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             loss = (model(x, f)[0] - target).square().mean()
             loss.backward()
+            if mesh is not None:  # this rank's tokens' share of the gradient, summed over the SP group
+                for p in model.parameters():
+                    dist.all_reduce(p.grad, group=mesh.sp_group)
             opt.step()
 
         t0 = time.perf_counter()
         step()
         result.update(fits=True, step_s=time.perf_counter() - t0)
     except (RuntimeError, MemoryError) as err:
-        if not harness.is_out_of_memory(err):
+        if not harness.is_out_of_memory(err) or sp > 1:  # a rank out of memory fails the whole sp point
             raise
         result["error"] = "out of memory"
     peak = harness.peak_rss_bytes() - base
-    result.update(peak_bytes=peak, bytes_per_token=peak / n)
+    if sp > 1:
+        per_rank = [None] * sp
+        dist.all_gather_object(per_rank, (peak, result["step_s"]), group=mesh.sp_group)
+        if mesh.sp_rank != 0:
+            return None
+        result.update(peak_bytes_per_rank=[p for p, _ in per_rank], step_s=max(s for _, s in per_rank))
+        peak = sum(p for p, _ in per_rank)
+    result.update(peak_bytes=peak, bytes_per_token=peak / point["n"])
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     harness.add_point_arguments(ap)
-    ap.add_argument("--quick", action="store_true", help="smoke run: two small N, results to a temp dir")
-    ap.add_argument("--start", type=int, default=2**16, help="first N (doubles from there)")
-    ap.add_argument("--max-tokens", type=int, default=2**23)
-    ap.add_argument("--cap-gib", type=float, default=None, help="memory cap per run (default: free now - 1.5)")
-    ap.add_argument("--token-chunk", type=int, default=16384, help="tokens per MLP recompute chunk")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds per point")
+    ap.add_argument("--quick", action="store_true", help="smoke run: small N, results to a temp dir")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2**k for k in range(16, 24)],
+                    help="N to run, in order; each (variant, sp) stops at the first that does not fit")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--sp", type=int, nargs="+", default=[1, 2], help="sequence-parallel degrees")
+    ap.add_argument("--cap-gib", type=float, default=None, help="memory cap per point, all ranks together "
+                    "(default: free now - 1.5, at most 20)")
+    ap.add_argument("--token-chunk", type=int, default=16384, help="tokens per MLP chunk")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per point")
+    ap.add_argument("--keep", action="store_true",
+                    help="add to the runs already in the output JSON (a campaign in several invocations)")
     args = ap.parse_args()
     if harness.serve_point(args, measure):
         return
     if args.quick:
-        args.start, args.max_tokens, args.cap_gib = 512, 512, args.cap_gib or 2.0
+        args.sizes, args.cap_gib, args.variants = [512], args.cap_gib or 2.0, ["plain", "checkpointing+mlp_chunks"]
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
     cap = int((args.cap_gib * harness.GIB) if args.cap_gib else min(20 * harness.GIB,
                                                                      harness.available_bytes() - 1.5 * harness.GIB))
-    runs: list[dict] = []
-    for variant, (ckpt, chunk) in VARIANTS.items():
-        n = args.start
-        while n <= args.max_tokens:
-            point = {"variant": variant, "n": n, "checkpointing": ckpt, "cap_bytes": cap, "threads": args.threads,
-                     "token_chunk": args.token_chunk if chunk else None}
-            r = harness.run_point(__file__, point, args.timeout)
-            runs.append(r)
-            report(runs, cap, args.out)  # after every point: a long run stopped early still leaves its results
-            if not r["fits"]:
-                break
-            n *= 2
+    previous = args.out / "longest_context.json"
+    runs: list[dict] = json.loads(previous.read_text())["runs"] if args.keep and previous.exists() else []
+    for sp in args.sp:
+        for variant in args.variants:
+            ckpt, chunk = VARIANTS[variant]
+            for n in args.sizes:
+                point = {"variant": variant, "sp": sp, "n": n, "checkpointing": ckpt, "cap_bytes": cap,
+                         "threads": args.threads, "token_chunk": args.token_chunk if chunk else None}
+                r = harness.run_point(__file__, point, args.timeout, ranks=sp)
+                runs.append(r)
+                report(runs, cap, args.out)  # after every point: a long run stopped early still leaves its results
+                if not r["fits"]:
+                    break
 
 
 def report(runs: list[dict], cap: int, out: Path) -> None:
     summary = {}
-    for variant in VARIANTS:
-        ok = [r for r in runs if r["variant"] == variant and r["fits"]]
-        best = max(ok, key=lambda r: r["n"]) if ok else None
-        summary[variant] = {
+    for key in dict.fromkeys((r["variant"], r["sp"]) for r in runs):
+        ok = sorted((r for r in runs if (r["variant"], r["sp"]) == key and r["fits"]), key=lambda r: r["n"])
+        failed = [r["n"] for r in runs if (r["variant"], r["sp"]) == key and not r["fits"]]
+        best = ok[-1] if ok else None
+        # The cost of one more token: the slope between the two largest fitting N (fixed costs cancel).
+        marginal = ((ok[-1]["peak_bytes"] - ok[-2]["peak_bytes"]) / (ok[-1]["n"] - ok[-2]["n"])
+                    if len(ok) > 1 else None)
+        summary[f"{key[0]} sp={key[1]}"] = {
+            "variant": key[0], "sp": key[1],
             "largest_n": best["n"] if best else 0,
+            "smallest_n_not_fitting": min(failed) if failed else None,
             "bytes_per_token": best["bytes_per_token"] if best else None,
+            "marginal_bytes_per_token": marginal,
             "step_s": best["step_s"] if best else None,
-            "estimated_max_n": int(cap / best["bytes_per_token"]) if best else 0,
         }
-    payload = {"benchmark": "longest_context", "model": "n-body (paper widths, 2 blocks)", "sp": 1,
+    payload = {"benchmark": "longest_context", "model": "n-body (paper widths, 2 blocks)",
                "cap_gib": round(cap / harness.GIB, 2), "paper_forward_tokens": PAPER_FORWARD_TOKENS,
                "machine": harness.machine(), "runs": runs, "summary": summary}
     harness.save("longest_context", payload, out)
@@ -115,14 +149,17 @@ def plot(payload: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for variant, style in zip(VARIANTS, ("o-", "s-", "^-"), strict=True):
-        pts = [r for r in payload["runs"] if r["variant"] == variant and r["fits"]]
-        ax.plot([r["n"] for r in pts], [r["peak_bytes"] / harness.GIB for r in pts], style, label=variant)
-    ax.axhline(payload["cap_gib"], color="grey", ls="--", label=f"cap {payload['cap_gib']} GiB")
-    ax.set(xscale="log", xlabel="tokens N", ylabel="peak memory of a training step (GiB)",
-           title="n-body model, full training step, sp = 1")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, s), style in zip(payload["summary"].items(), ("o-", "s-", "^-", "D-", "o--", "s--", "^--", "D--"),
+                                strict=False):
+        pts = sorted((r for r in payload["runs"] if (r["variant"], r["sp"]) == (s["variant"], s["sp"]) and r["fits"]),
+                     key=lambda r: r["n"])
+        ax.plot([r["n"] for r in pts], [r["peak_bytes"] / harness.GIB for r in pts], style, label=name)
+    ax.axhline(payload["cap_gib"], color="grey", ls=":", label=f"cap {payload['cap_gib']} GiB")
+    ax.axvline(payload["paper_forward_tokens"], color="red", ls=":", label="paper: 3.5M tokens (1 layer, fwd)")
+    ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel="peak memory of a training step (GiB, all ranks)",
+           title="n-body model, one full training step")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -23,7 +23,8 @@ class HyenaConfig:
     ``scaled_dot_product_attention``, never N x N in memory) or ``linear`` (no blocks at all: the paper's
     linear baseline, an equivariant linear map of the input vectors, ``dist_hyena.baselines.LinearBaseline``;
     build models with ``dist_hyena.baselines.build_model``). ``mlp_token_chunk``: when set, every
-    Clifford MLP keeps only its input for backward and recomputes itself that many tokens at a time.
+    MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
+    chunk by chunk there (``VectorScalarMLP``).
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.

@@ -14,8 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import DistanceAttention, VectorAttention
 from .config import HyenaConfig
-from .nn import CliffordMLP
-from .nn.algebra import embed, read
+from .nn import VectorScalarMLP
 from .ops import circular_conv, cross_conv
 
 
@@ -50,15 +49,14 @@ class HyenaOperator(nn.Module):
     def __init__(self, cfg: HyenaConfig, mesh=None):
         super().__init__()
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
-        width = self.cv + self.d
-        self.project_in = CliffordMLP(width, 3 * width, cfg.hidden_width, cfg.mlp_layers)
-        self.gate = CliffordMLP(width, width, cfg.gate_width, cfg.mlp_layers)
-        self.project_out = CliffordMLP(width, width, cfg.hidden_width, cfg.mlp_layers)
+        cv, d, layers = self.cv, self.d, cfg.mlp_layers
+        self.project_in = VectorScalarMLP(cv, d, 3 * cv, 3 * d, cfg.hidden_width, layers)
+        self.gate = VectorScalarMLP(cv, d, 0, cv + d, cfg.gate_width, layers)
+        self.project_out = VectorScalarMLP(cv, d, cv, d, cfg.hidden_width, layers)
         self.context = _global_context(cfg, mesh)
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mv = embed(x, f)
-        vectors, scalars = read(self.project_in(mv), 3 * self.cv, 3 * self.d)
+        vectors, scalars = self.project_in(x, f)
         q_eqv, k_eqv, v_eqv = vectors.chunk(3, dim=2)
         q_inv, k_inv, v_inv = scalars.chunk(3, dim=2)
         if isinstance(self.context, VectorAttention):
@@ -66,11 +64,10 @@ class HyenaOperator(nn.Module):
         else:
             u_eqv, u_inv = self.context(q_eqv, k_eqv, q_inv, k_inv)
         # The gates read only the scalar blade, so they are invariant and keep u_eqv equivariant.
-        _, gates = read(self.gate(mv), 0, self.cv + self.d)
+        _, gates = self.gate(x, f)
         u_eqv = torch.sigmoid(gates[..., : self.cv, None]) * u_eqv
         u_inv = torch.sigmoid(gates[..., self.cv :]) * u_inv
-        out = self.project_out(embed(x + torch.linalg.cross(u_eqv, v_eqv, dim=-1), f + u_inv * v_inv))
-        return read(out, self.cv, self.d)
+        return self.project_out(x + torch.linalg.cross(u_eqv, v_eqv, dim=-1), f + u_inv * v_inv)
 
 
 class HyenaBlock(nn.Module):
@@ -80,12 +77,12 @@ class HyenaBlock(nn.Module):
         super().__init__()
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
         self.operator = HyenaOperator(cfg, mesh)
-        self.mlp = CliffordMLP(self.cv + self.d, self.cv + self.d, cfg.hidden_width, cfg.mlp_layers)
+        self.mlp = VectorScalarMLP(self.cv, self.d, self.cv, self.d, cfg.hidden_width, cfg.mlp_layers)
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dx, df = self.operator(x, f)
         x, f = x + dx, f + df
-        dx, df = read(self.mlp(embed(x, f)), self.cv, self.d)
+        dx, df = self.mlp(x, f)
         return x + dx, f + df
 
 
@@ -122,11 +119,11 @@ class SE3HyenaModel(nn.Module):
         self.cfg = cfg = cfg or HyenaConfig()
         self.mesh = mesh
         cv, d = cfg.vector_width, cfg.scalar_width
-        self.embed_in = CliffordMLP(cfg.vector_in + cfg.scalar_in, cv + d, cfg.hidden_width, cfg.mlp_layers)
+        self.embed_in = VectorScalarMLP(cfg.vector_in, cfg.scalar_in, cv, d, cfg.hidden_width, cfg.mlp_layers)
         self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
-        self.head = CliffordMLP(cv + d, cfg.vector_out + cfg.scalar_out, cfg.hidden_width, cfg.mlp_layers)
+        self.head = VectorScalarMLP(cv, d, cfg.vector_out, cfg.scalar_out, cfg.hidden_width, cfg.mlp_layers)
         for module in self.modules():
-            if isinstance(module, CliffordMLP):
+            if isinstance(module, VectorScalarMLP):
                 module.token_chunk = cfg.mlp_token_chunk
 
     def _token_mean(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
@@ -150,7 +147,7 @@ class SE3HyenaModel(nn.Module):
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        _check_inputs(cfg, x, f, self.head.net[-1].weight.dtype)
+        _check_inputs(cfg, x, f, self.head.mlp.net[-1].weight.dtype)
         n_total = self._n_total(x.shape[1], x.device)
         pos = list(cfg.position_channels)
         centroid = None
@@ -159,7 +156,7 @@ class SE3HyenaModel(nn.Module):
             shift = torch.zeros_like(x, dtype=torch.float64)
             shift[:, :, pos] = centroid[:, None]
             x = (x.double() - shift).to(x.dtype)
-        h_x, h_f = read(self.embed_in(embed(x, f)), cfg.vector_width, cfg.scalar_width)
+        h_x, h_f = self.embed_in(x, f)
         for block in self.blocks:
             if cfg.activation_checkpointing and self.training:
                 h_x, h_f = checkpoint(block, h_x, h_f, use_reentrant=False)
@@ -167,7 +164,7 @@ class SE3HyenaModel(nn.Module):
                 h_x, h_f = block(h_x, h_f)
         if cfg.head == "recall":
             h_x, h_f = (self._token_mean(h, n_total)[:, None].to(h.dtype) for h in (h_x, h_f))
-        out_x, out_f = read(self.head(embed(h_x, h_f)), cfg.vector_out, cfg.scalar_out)
+        out_x, out_f = self.head(h_x, h_f)
         if cfg.head == "recall":
             return out_x[:, 0], out_f[:, 0]
         # Predicted positions: the (centred) input position plus the update, moved back by the centroid.

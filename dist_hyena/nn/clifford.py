@@ -176,49 +176,8 @@ class CliffordLayerNorm(nn.Module):
         return x / (norm[..., None] + _EPS) * self.scale[:, None]
 
 
-class _TokenChunkedRecompute(torch.autograd.Function):
-    """y = net(x) for a token-wise ``net``, keeping only x for backward: backward recomputes ``net`` one
-    chunk of tokens at a time and backpropagates through that chunk alone, so the activations alive at any
-    moment are those of ``chunk`` tokens, not of all of them. Exact: every token's output depends on that
-    token's input only."""
-
-    @staticmethod
-    def forward(ctx, net, chunk, x, *params):
-        ctx.net, ctx.chunk = net, chunk
-        ctx.save_for_backward(x)
-        rows = x.reshape(-1, *x.shape[-2:])
-        with torch.no_grad():
-            out = torch.cat([net(rows[s : s + chunk]) for s in range(0, rows.shape[0], chunk)])
-        return out.view(*x.shape[:-2], *out.shape[-2:])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        params = [p for p in ctx.net.parameters() if p.requires_grad]
-        rows, grad_rows = x.reshape(-1, *x.shape[-2:]), grad.reshape(-1, *grad.shape[-2:])
-        grad_x = torch.empty_like(rows)
-        grad_params = [torch.zeros_like(p) for p in params]
-        for s in range(0, rows.shape[0], ctx.chunk):
-            with torch.enable_grad():
-                xc = rows[s : s + ctx.chunk].detach().requires_grad_()
-                grads = torch.autograd.grad(ctx.net(xc), [xc, *params], grad_rows[s : s + ctx.chunk])
-            grad_x[s : s + ctx.chunk] = grads[0]
-            for acc, g in zip(grad_params, grads[1:], strict=True):
-                acc += g
-        all_grads = iter(grad_params)
-        by_param = [next(all_grads) if p.requires_grad else None for p in ctx.net.parameters()]
-        return (None, None, grad_x.view_as(x), *by_param)
-
-
 class CliffordMLP(nn.Module):
-    """``n_layers`` x (geometric product -> gated nonlinearity -> layer norm), then a linear map.
-
-    ``token_chunk`` (default None: plain autograd) trades compute for memory on long sequences: when set,
-    backward keeps only the input and recomputes the MLP ``token_chunk`` tokens at a time (about one extra
-    forward), so its activation memory no longer grows with the sequence length.
-    """
-
-    token_chunk: int | None = None
+    """``n_layers`` x (geometric product -> gated nonlinearity -> layer norm), then a linear map."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int, n_layers: int = 1):
         super().__init__()
@@ -231,6 +190,4 @@ class CliffordMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.token_chunk is None or not torch.is_grad_enabled():
-            return self.net(x)
-        return _TokenChunkedRecompute.apply(self.net, self.token_chunk, x, *self.net.parameters())
+        return self.net(x)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
     "operator_vs_attention": {"widths", "paper", "runs", "ratios_at_paper_n", "ratios_at_largest_common_n"},
-    "longest_context": {"sp", "cap_gib", "paper_forward_tokens", "runs", "summary"},
+    "longest_context": {"cap_gib", "paper_forward_tokens", "runs", "summary"},
     "fft_efficiency": {"rows"},
     "geometric_product": {"rows"},
     "accuracy": {"nbody", "recall", "long"},
@@ -35,7 +35,8 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         assert all(r["forward_s"] > 0 and r["forward_backward_peak_bytes"] > 0 for r in payload["runs"])
     if name == "longest_context":
         assert all(r["fits"] and r["bytes_per_token"] > 0 for r in payload["runs"])
-        assert {r["variant"] for r in payload["runs"]} == {"plain", "checkpointing", "checkpointing+mlp_chunks"}
+        assert {(r["variant"], r["sp"]) for r in payload["runs"]} == {
+            (v, sp) for v in ("plain", "checkpointing+mlp_chunks") for sp in (1, 2)}
     if name in ("fft_efficiency", "geometric_product"):
         assert payload["rows"] and all(v > 0 for r in payload["rows"] for k, v in r.items() if k.endswith("_s"))
     if name == "geometric_product":
