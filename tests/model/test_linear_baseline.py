@@ -1,6 +1,7 @@
 """The linear baseline (mixer='linear'): SE(3)- and permutation-equivariant, linear in the input vectors, built by
 build_model and by the trainer's export path; recall accuracy reads the nearest vector of the sequence."""
 
+import pytest
 import torch
 
 from dist_hyena import HyenaConfig
@@ -62,3 +63,8 @@ def test_recall_hits_reads_the_nearest_vector_of_the_sequence():
     y = torch.stack([vocab[1], vocab[2]])[:, None]  # targets [2, 1, 3]
     pred = torch.tensor([[0.1, 1.8, 0.0], [0.0, 1.9, 0.2]])[:, None]  # near vocab[1] both times
     assert recall_hits(pred, x, y).tolist() == [True, False]
+
+
+def test_se3_hyena_model_refuses_the_linear_mixer():
+    with pytest.raises(ValueError, match="build_model"):
+        SE3HyenaModel(HyenaConfig(mixer="linear"))
