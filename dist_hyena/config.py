@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .ops import CONV_MODES
 
 HEADS = ("nbody", "recall")
-MIXERS = ("hyena", "attention", "sdpa")
+MIXERS = ("hyena", "attention", "sdpa", "linear")
 SP_STRATEGIES = ("auto", "channels", "fft")
 
 
@@ -20,7 +20,9 @@ class HyenaConfig:
     ``scalar_width`` scalars ``[B, N, D]``. Clifford MLPs are ``hidden_width`` multivector
     channels wide (the gating MLP ``gate_width``). ``mixer``: ``hyena`` (FFT long convolution), ``attention``
     (the paper's O(N²) vector attention) or ``sdpa`` (invariant-distance attention on
-    ``scaled_dot_product_attention``, never N x N in memory). ``mlp_token_chunk``: when set, every
+    ``scaled_dot_product_attention``, never N x N in memory) or ``linear`` (no blocks at all: the paper's
+    linear baseline, an equivariant linear map of the input vectors, ``dist_hyena.baselines.LinearBaseline``;
+    build models with ``dist_hyena.baselines.build_model``). ``mlp_token_chunk``: when set, every
     MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
     chunk by chunk there (``VectorScalarMLP``).
     ``position_channels`` are the input vector

@@ -31,6 +31,9 @@ class LocalConv(nn.Module):
 
 
 def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
+    if cfg.mixer == "linear":
+        raise ValueError("mixer='linear' is the linear baseline, not a mixer of SE3HyenaModel: build it with "
+                         "dist_hyena.baselines.build_model")
     if cfg.mixer in ("attention", "sdpa"):
         if mesh is not None and mesh.sp > 1:
             raise ValueError(f"mixer={cfg.mixer!r} is a one-process attention baseline; "

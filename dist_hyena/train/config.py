@@ -77,6 +77,7 @@ class EvalSection:
     every: int = 50  # optimizer steps between validations (0: only at the end)
     batches: int = 0  # validation batches per rank (0: the whole split)
     batch_size: int = 16  # samples per validation batch per data-parallel rank
+    test: bool = False  # also evaluate the test split at every new best validation MSE (summary: test_mse)
 
 
 @dataclass

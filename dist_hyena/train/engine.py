@@ -18,7 +18,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from dist_hyena.model import SE3HyenaModel
+from dist_hyena.baselines import build_model
 from dist_hyena.parallel import Mesh
 from dist_hyena.train.config import ConfigError, OptimSection, TrainConfig
 from dist_hyena.train.mpu import MeshMPU
@@ -100,9 +100,9 @@ def build_engine(cfg: TrainConfig, model_cfg, mesh: Mesh):
         # left to itself DeepSpeed would partition over the mpu's dp group only.
         with deepspeed.zero.Init(data_parallel_group=mpu.get_sequence_data_parallel_group(),
                                  config_dict_or_path=ds):
-            model = SE3HyenaModel(model_cfg, mesh=mesh if mesh.sp > 1 else None)
+            model = build_model(model_cfg, mesh=mesh if mesh.sp > 1 else None)
     else:
-        model = SE3HyenaModel(model_cfg, mesh=mesh if mesh.sp > 1 else None)
+        model = build_model(model_cfg, mesh=mesh if mesh.sp > 1 else None)
     offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
     optimizer = build_optimizer(model.parameters(), cfg.optim, offload)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim, cfg.train.steps))
@@ -114,6 +114,23 @@ def build_engine(cfg: TrainConfig, model_cfg, mesh: Mesh):
     return engine, mpu
 
 
+def forward_batch(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (prediction in float32, inputs "x", targets "y") of this rank's token block on the engine's device."""
+    dtype = next(engine.module.parameters()).dtype
+    x, f, y = (batch[k].to(engine.device) for k in ("x", "f", "y"))
+    pred, _ = engine(x.to(dtype), f.to(dtype))
+    return pred.float(), x, y
+
+
+def squared_error(pred: torch.Tensor, y: torch.Tensor, task: str, n_tokens: int,
+                  sp: int) -> tuple[torch.Tensor, float, int]:
+    """The three numbers of :func:`batch_error` from a prediction."""
+    sse = (pred - y).square().sum()
+    if task == "nbody":
+        return sse, y.numel(), y.shape[0] * n_tokens * y.shape[2] * 3
+    return sse / sp, y.numel() / sp, y.numel()
+
+
 def batch_error(engine, batch: dict, task: str, n_tokens: int, sp: int) -> tuple[torch.Tensor, float, int]:
     """-> (this rank's weighted sum of squared errors, its weighted element count, the element
     count of its sp group's whole micro-batch). The loss to backpropagate is sse / group count.
@@ -121,13 +138,21 @@ def batch_error(engine, batch: dict, task: str, n_tokens: int, sp: int) -> tuple
     `batch` holds this rank's token block: "x" [B, n, C_in, 3], "f" [B, n, S], "y" n-body
     [B, n, 1, 3] (targets per token) or recall [B, 1, 3] (one vector per sample).
     """
-    dtype = next(engine.module.parameters()).dtype
-    x, f, y = (batch[k].to(engine.device) for k in ("x", "f", "y"))
-    pred, _ = engine(x.to(dtype), f.to(dtype))
-    sse = (pred.float() - y).square().sum()
-    if task == "nbody":
-        return sse, y.numel(), y.shape[0] * n_tokens * y.shape[2] * 3
-    return sse / sp, y.numel() / sp, y.numel()
+    pred, _, y = forward_batch(engine, batch)
+    return squared_error(pred, y, task, n_tokens, sp)
+
+
+def recall_hits(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sp_group=None) -> torch.Tensor:
+    """Associative-recall accuracy per sample [B] (bool): the prediction is nearer to the target value than to
+    every other vector of the sequence (the nearest-neighbour read-out over the sequence's own vocabulary; chance
+    is about 1 / vocab_size). `x` [B, n, 1, 3] is this rank's token block; with `sp_group` the nearest other
+    vector is found over the whole sequence (an all-reduce MIN), so every sp rank returns the same answer."""
+    tokens, target, p = x[:, :, 0].float(), y[:, 0].float(), pred[:, 0]
+    other = ((tokens - target[:, None]).norm(dim=-1) > 1e-5) & (tokens.norm(dim=-1) > 0)  # not the target, no pad
+    nearest_other = (tokens - p[:, None]).norm(dim=-1).masked_fill(~other, math.inf).amin(dim=1)
+    if sp_group is not None and dist.get_world_size(sp_group) > 1:
+        dist.all_reduce(nearest_other, op=dist.ReduceOp.MIN, group=sp_group)
+    return (p - target).norm(dim=-1) < nearest_other
 
 
 def all_reduce_sum(values: list[float | torch.Tensor], device) -> list[float]:

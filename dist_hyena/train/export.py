@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from dist_hyena.baselines import build_model
 from dist_hyena.config import HyenaConfig
 from dist_hyena.model import SE3HyenaModel
 
@@ -34,9 +35,9 @@ def export_checkpoint(root: str | Path, tag: str, model_cfg: HyenaConfig, out: s
     return out
 
 
-def load_exported(path: str | Path, mesh=None) -> SE3HyenaModel:
+def load_exported(path: str | Path, mesh=None) -> SE3HyenaModel:  # or LinearBaseline (mixer='linear')
     """The model saved by :func:`export_checkpoint`, in eval mode."""
     saved = torch.load(Path(path), weights_only=True)
-    model = SE3HyenaModel(HyenaConfig(**saved["config"]), mesh=mesh)
+    model = build_model(HyenaConfig(**saved["config"]), mesh=mesh)
     model.load_state_dict(saved["state_dict"])
     return model.eval()

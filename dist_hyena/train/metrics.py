@@ -2,7 +2,8 @@
 
 `metrics.jsonl` holds one JSON object per logged step: training records carry `step`,
 `loss` (the mean over the steps since the previous record), `lr`, `tokens_per_s`, `mem_gb`;
-validation records carry `step` and `val_mse`; a step skipped for a non-finite loss
+validation records carry `step` and `val_mse` (recall also `val_accuracy`; with `eval.test`, a new best
+validation also carries the test split's `test_mse` / `test_accuracy`); a step skipped for a non-finite loss
 (`train.nonfinite: skip`) carries `skipped_nonfinite: 1`.
 """
 

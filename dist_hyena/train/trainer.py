@@ -23,7 +23,15 @@ from dist_hyena.parallel import Mesh, init_mesh
 from dist_hyena.runtime import init_distributed
 from dist_hyena.train import checkpoint
 from dist_hyena.train.config import ConfigError, TrainConfig
-from dist_hyena.train.engine import all_reduce_sum, batch_error, build_engine, micro_batch_size
+from dist_hyena.train.engine import (
+    all_reduce_sum,
+    batch_error,
+    build_engine,
+    forward_batch,
+    micro_batch_size,
+    recall_hits,
+    squared_error,
+)
 from dist_hyena.train.export import export_checkpoint
 from dist_hyena.train.guards import (
     NonFiniteError,
@@ -68,22 +76,27 @@ def _loader(source, split: str, batch: int, mesh: Mesh, cfg: TrainConfig, shuffl
                            num_workers=cfg.data.num_workers, prefetch=cfg.data.prefetch)
 
 
-def evaluate(engine, loader: StreamingLoader, task: str, mesh: Mesh, max_batches: int) -> float:
-    """Mean squared error over the validation split (every dp rank its share; the same number of
-    batches on every rank, as ZeRO-3 gathers parameters collectively)."""
+def evaluate(engine, loader: StreamingLoader, task: str, mesh: Mesh, max_batches: int) -> dict:
+    """Mean squared error over a split (every dp rank its share; the same number of batches on
+    every rank, as ZeRO-3 gathers parameters collectively) -> {"mse"}, plus {"accuracy"} for recall
+    (:func:`recall_hits`: the prediction's nearest vector of the sequence is the target)."""
     engine.eval()
     # Every validation reads the split from its start, also after one cut short by max_batches.
     loader.load_state_dict({**loader.state_dict(), "epoch": 0, "position": 0})
-    sse = count = 0.0
+    sse = count = hits = samples = 0.0
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if max_batches and i >= max_batches:
                 break
-            s, n, _ = batch_error(engine, batch, task, loader.meta["n_tokens"], mesh.sp)
+            pred, x, y = forward_batch(engine, batch)
+            s, n, _ = squared_error(pred, y, task, loader.meta["n_tokens"], mesh.sp)
             sse, count = sse + s.item(), count + n
+            if task == "recall":  # every sp rank holds the same answer: each counts 1/sp of it
+                hit = recall_hits(pred, x, y, mesh.sp_group if mesh.sp > 1 else None)
+                hits, samples = hits + hit.sum().item() / mesh.sp, samples + hit.numel() / mesh.sp
     engine.train()
-    sse, count = all_reduce_sum([sse, count], engine.device)
-    return sse / count
+    sse, count, hits, samples = all_reduce_sum([sse, count, hits, samples], engine.device)
+    return {"mse": sse / count, **({"accuracy": hits / samples} if task == "recall" else {})}
 
 
 def _model_config(cfg: TrainConfig, meta: dict):
@@ -93,7 +106,9 @@ def _model_config(cfg: TrainConfig, meta: dict):
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run the configured training; -> summary (steps, first/last loss, validation MSE, paths)."""
+    """Run the configured training; -> summary (steps, first/last loss, last validation MSE, paths, and "best":
+    the step of the lowest validation MSE with its validation metrics and, with eval.test, the test metrics
+    there: test MSE at best validation, and accuracy for recall)."""
     runtime = init_distributed(timeout_s=cfg.parallel.timeout_s)
     main = runtime.is_main
     world = dist.get_world_size()
@@ -112,7 +127,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     source = _data_source(cfg, main)
     train_loader = _loader(source, "train", micro_batch_size(cfg, mesh.dp), mesh, cfg, shuffle=True)
     val_loader = _loader(source, "val", cfg.eval.batch_size, mesh, cfg, shuffle=False)
-    for split, loader, key in (("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")):
+    test_loader = _loader(source, "test", cfg.eval.batch_size, mesh, cfg, shuffle=False) if cfg.eval.test else None
+    checks = [("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")]
+    for split, loader, key in checks + ([("test", test_loader, "eval.batch_size")] if test_loader else []):
         if len(loader) == 0:  # would end in a StopIteration or a division by zero far from the cause
             where = cfg.data.path if cfg.data.source == "store" else "the generated data"
             raise ConfigError(f"{where}: the {split} split has {loader.reader.n_samples} samples, fewer than one "
@@ -122,11 +139,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     model_cfg = _model_config(cfg, meta)
     engine, _ = build_engine(cfg, model_cfg, mesh)
 
-    start = 0
+    start, best = 0, {}  # best: the best validation so far: step, val_* and (eval.test) test_* metrics there
     tags = checkpoint.complete_tags(ckpt_root) if resume else []
     if tags:
         state = checkpoint.load(engine, ckpt_root, tags[-1], model_cfg.to_dict())
         train_loader.load_state_dict(state["loader"])
+        best = state.get("best", {})
         start = state["step"]
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,10 +202,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                             tokens_per_s=tokens_per_step * steps_since / (now - t_last), mem_gb=memory_gb())
                     t_last, steps_since, window_loss = now, 0, 0.0
             if not terminating and ((cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps):
-                val_mse = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
-                log.log(step, val_mse=val_mse)
+                val = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
+                val_mse = val["mse"]
+                record = {f"val_{k}": v for k, v in val.items()}
+                if not best or val_mse < best["val_mse"]:
+                    best = {"step": step, **record}
+                    if test_loader is not None:
+                        test = evaluate(engine, test_loader, task, mesh, 0)
+                        best.update({f"test_{k}": v for k, v in test.items()})
+                        record.update({f"test_{k}": v for k, v in test.items()})
+                log.log(step, **record)
             if terminating or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == end:
-                state = {"step": step, "loader": train_loader.state_dict(), "model": model_cfg.to_dict()}
+                state = {"step": step, "loader": train_loader.state_dict(), "model": model_cfg.to_dict(), "best": best}
                 checkpoint.save(engine, ckpt_root, step, state, cfg.checkpoint.keep)
                 saved = step
             if terminating:
@@ -201,7 +227,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                   "run again with --resume to continue", flush=True)
         return {"steps": saved, "start_step": start, "interrupted": True, "run_dir": str(run_dir)}
     summary = {"steps": end, "start_step": start, "first_loss": first_loss, "last_loss": last_loss,
-               "val_mse": val_mse, "run_dir": str(run_dir)}
+               "val_mse": val_mse, "best": best, "run_dir": str(run_dir)}
     if main:
         final = checkpoint.complete_tags(ckpt_root)[-1]
         summary["model"] = str(export_checkpoint(ckpt_root, final, model_cfg, run_dir / "model.pt"))

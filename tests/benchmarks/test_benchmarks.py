@@ -19,6 +19,7 @@ EXPECTED = {
     "sp_block": {"config", "runs", "summary"},
     "loader_throughput": {"long_context", "delivery_per_rank", "step_consumption_per_rank",
                           "ratio_delivery_over_consumption", "pipelined"},
+    "accuracy": {"nbody", "recall", "long"},
 }
 
 
@@ -57,5 +58,12 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         assert all(v["tokens_per_s"] > 0 for v in payload["delivery_per_rank"].values())
         assert all(s["tokens_per_s"] > 0 for s in payload["step_consumption_per_rank"])
         assert payload["pipelined"]["steps"] >= 2
-    if name in ("operator_vs_attention", "longest_context", "fft_efficiency", "sp_block"):
+    if name == "accuracy":  # every run went through the trainer and reports its metrics at best validation
+        assert {r["mixer"] for r in payload["nbody"]["table"]} == {"hyena", "attention", "linear"}
+        assert all(r["test_mse"] > 0 and r["best"]["step"] >= 1 for r in payload["nbody"]["runs"])
+        assert {(r["mixer"], r["variant"]) for r in payload["recall"]["runs"]} == {
+            (m, v) for m in ("hyena", "attention") for v in ("random", "fixed")}
+        assert all(0 <= r["test_accuracy"] <= 1 for r in payload["recall"]["runs"])
+        assert all(0 <= r["accuracy"] <= 1 for r in payload["long"]["rows"])
+    if name in ("operator_vs_attention", "longest_context", "fft_efficiency", "sp_block", "accuracy"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0

@@ -1,0 +1,344 @@
+"""Accuracy (benchmarks item 6): the paper's n-body table and associative recall, trained by the real trainer.
+
+Every run is `dist_hyena.train.train` on a config from `configs/` plus overrides (the same code path as
+`python launch/train.py --config ... key=value`), one at a time, in this process, with `eval.test = true`: the
+trainer evaluates the test split at every new best validation MSE, so each run reports the test metrics at its
+best validation step (`summary["best"]`).
+
+    python benchmarks/accuracy.py --part nbody  --seeds 0 1 2 --steps 600
+    python benchmarks/accuracy.py --part recall --lengths 32 256 --steps 150
+    python benchmarks/accuracy.py --part long   --eval-lengths 256 4096 65536 --eval-samples 16
+
+- nbody: SE(3)-Hyena, the paper's vector attention and the linear baseline (`mixer=linear`) on the 5-body data
+  (1000 / 2000 / 2000 systems), test MSE at best validation, mean ± std over seeds, beside the paper's numbers.
+- recall: SE(3)-Hyena vs vector attention, random and fixed vocabulary, per length: test MSE and accuracy (the
+  prediction's nearest vector of the sequence is the target value; chance ≈ 1 / vocab) at best validation.
+- long: the recall models of `--part recall` trained at the longest length (SE(3)-Hyena only), evaluated at
+  longer sequences up to ≥ 64k tokens, where the O(N²) attention cannot run (its N x N x 3 float32 cross-product
+  tensor alone would be 48 GiB at 65 536 tokens).
+
+Results merge into `<out>/accuracy.json` (one key per part) and `<out>/accuracy.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one math thread (benchmarks/README.md), read by the runtime too
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness  # noqa: E402
+
+CONFIGS = harness.ROOT / "configs"
+PAPER_NBODY = {"hyena": 0.0018, "attention": 0.0019, "linear": 0.0322}
+LABELS = {"hyena": "SE(3)-Hyena", "attention": "vector attention", "linear": "linear"}
+PAPER_BUDGET = {"nbody": "Adam lr 1e-4 constant, weight decay 1e-5, batch 100, 3000 steps (300 epochs of 1000)",
+                "recall": "Adam lr 1e-3 cosine, weight decay 1e-5, batch 32, 18750 steps (300 epochs of 2000), "
+                          "widths invariant 16 / equivariant 128 / gating 8"}
+
+
+def train_run(config: str, overrides: list[str]) -> dict:
+    """One training run through the trainer -> its summary plus wall time."""
+    from dist_hyena.train import load_config, train
+
+    cfg = load_config(CONFIGS / config, overrides)
+    t0 = time.perf_counter()
+    summary = train(cfg)
+    wall = time.perf_counter() - t0
+    return {"wall_s": round(wall, 1), "steps": summary["steps"], "best": summary["best"],
+            "last_val_mse": summary["val_mse"], "last_loss": summary["last_loss"], "model": summary.get("model")}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_nbody(args, work: Path) -> dict:
+    sizes = {"train": 1000, "val": 2000, "test": 2000} if not args.quick else {"train": 100, "val": 50, "test": 50}
+    data = work / ("data/nbody5_{train}_{val}_{test}".format(**sizes))
+    every = max(1, args.steps // 10)
+    common = [f"run.out_dir={work / 'runs'}", f"data.path={data}", "data.seed=0",
+              "data.generate=" + json.dumps(sizes), f"train.steps={args.steps}", f"optim.lr={args.nbody_lr}",
+              f"optim.schedule={args.nbody_schedule}", "optim.warmup_steps=20", "optim.min_lr_ratio=0.05",
+              f"eval.every={every}", f"eval.batch_size={min(500, sizes['val'])}", "eval.test=true",
+              "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
+    runs = []
+    for mixer in args.mixers:
+        for seed in args.seeds:
+            name = f"{args.nbody_key}_{mixer}_s{seed}"
+            r = train_run("nbody5.yaml", common + [f"run.name={name}", f"run.seed={seed}", f"model.mixer={mixer}"])
+            runs.append({"mixer": mixer, "seed": seed, **r, "test_mse": r["best"]["test_mse"]})
+            print(f"[accuracy] {name}: test MSE {r['best']['test_mse']:.5f} at best val (step "
+                  f"{r['best']['step']}), {r['wall_s']} s", flush=True)
+    table = []
+    for mixer in args.mixers:
+        values = [r["test_mse"] for r in runs if r["mixer"] == mixer]
+        mean, std = mean_std(values)
+        table.append({"mixer": mixer, "model": LABELS[mixer], "test_mse_mean": mean, "test_mse_std": std,
+                      "seeds": len(values), "paper_mse": PAPER_NBODY[mixer],
+                      "wall_s_mean": statistics.fmean(r["wall_s"] for r in runs if r["mixer"] == mixer)})
+    settings = {"splits": sizes, "steps": args.steps, "batch_size": 100, "lr": args.nbody_lr,
+                "schedule": f"{args.nbody_schedule}, 20 warmup steps"
+                + (", to 5% of lr" if args.nbody_schedule == "cosine" else ""),
+                "weight_decay": 1e-5, "eval_every": every,
+                "widths": "paper's: invariant 8, equivariant 16, gating 8, 2 blocks", "seeds": args.seeds,
+                "data_seed": 0, "paper": PAPER_BUDGET["nbody"]}
+    return {"settings": settings, "paper": PAPER_NBODY, "runs": runs, "table": table}
+
+
+def recall_overrides(work: Path, length: int, variant: str, sizes: dict, args) -> list[str]:
+    gen = {"n_tokens": length, "vocab_size": args.vocab, "variant": variant, **sizes}
+    every = max(1, args.steps // 4)
+    return [f"run.out_dir={work / 'runs'}", "data.source=generated", "data.seed=0", "data.generate=" + json.dumps(gen),
+            f"model.hidden_width={args.hidden}", f"train.steps={args.steps}", f"train.batch_size={args.batch}",
+            f"optim.lr={args.recall_lr}", "optim.schedule=cosine", "optim.warmup_steps=10",
+            "optim.min_lr_ratio=0.05", f"eval.every={every}", f"eval.batch_size={min(32, sizes['val'])}",
+            "eval.test=true",
+            "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
+
+
+def run_recall(args, work: Path, previous: dict | None) -> dict:
+    """Train the grid of --lengths x --variants x mixers; runs of other lengths already in `previous` are kept
+    (so lengths can be run with different --steps / --batch in separate invocations)."""
+    n_eval = 16 if args.quick else args.eval_size
+    sizes = {"train": 64 if args.quick else 2000, "val": n_eval, "test": n_eval}
+    runs = [r for r in (previous or {}).get("runs", []) if r["n_tokens"] not in args.lengths]
+    for length in args.lengths:
+        for variant in args.variants:
+            for mixer in ("hyena", "attention"):
+                name = f"recall_{mixer}_{variant}_{length}"
+                ov = recall_overrides(work, length, variant, sizes, args)
+                r = train_run("recall.yaml", ov + [f"run.name={name}", "run.seed=0", f"model.mixer={mixer}"])
+                b = r["best"]
+                runs.append({"mixer": mixer, "variant": variant, "n_tokens": length, "batch_size": args.batch,
+                             "lr": args.recall_lr, "splits": sizes, **r, "test_mse": b["test_mse"],
+                             "test_accuracy": b["test_accuracy"]})
+                print(f"[accuracy] {name}: test MSE {b['test_mse']:.4f}, accuracy {b['test_accuracy']:.3f} at best "
+                      f"val (step {b['step']}), {r['wall_s']} s", flush=True)
+    runs.sort(key=lambda r: (r["n_tokens"], r["variant"], r["mixer"]))
+    settings = {"per_run": "steps, batch_size, lr and split sizes are recorded with each run",
+                "schedule": "cosine, 10 warmup steps, to 5% of lr", "weight_decay": 1e-5, "vocab_size": args.vocab,
+                "chance_accuracy": 1 / args.vocab, "seed": 0,
+                "widths": f"invariant 16, equivariant {args.hidden}, gating 8, 3 blocks",
+                "paper": PAPER_BUDGET["recall"]}
+    return {"settings": settings, "runs": runs}
+
+
+def recall_references(length: int, variant: str, vocab: int, samples: int) -> dict:
+    """What needs no retrieval, on the same test sequences: guessing one of the sequence's value vectors (expected
+    accuracy; values repeat within a sequence, so this beats 1 / vocab) and predicting the mean of its values (MSE)."""
+    import numpy as np
+
+    from dist_hyena.data.recall_task import RecallTask
+
+    task = RecallTask(length, seed=0, vocab_size=vocab, variant=variant)
+    pad = length - 1 - 2 * ((length - 1) // 2)
+    guess, mse = [], []
+    for i in range(samples):
+        tokens, target = task.sample("test", i)
+        values = tokens[pad + 1:-1:2]
+        guess.append(1 / len(np.unique(values.round(5), axis=0)))
+        mse.append(float(np.mean((values.mean(axis=0) - target) ** 2)))
+    return {"n_tokens": length, "variant": variant, "samples": samples, "value_guess_accuracy": float(np.mean(guess)),
+            "value_mean_mse": float(np.mean(mse))}
+
+
+def run_long(args, work: Path, recall: dict | None) -> dict:
+    """Evaluate the recall SE(3)-Hyena models trained at the longest length on longer sequences."""
+    import torch
+
+    from dist_hyena.data import GeneratedRecall
+    from dist_hyena.train.engine import recall_hits
+    from dist_hyena.train.export import load_exported
+
+    if not recall:
+        raise SystemExit("--part long needs the recall results (run --part recall first, same --out)")
+    trained = [r for r in recall["runs"] if r["mixer"] == "hyena" and r["variant"] in args.variants]
+    top = max(r["n_tokens"] for r in trained)
+    rows = []
+    for run in (r for r in trained if r["n_tokens"] == top):
+        model = load_exported(run["model"])
+        for length in args.eval_lengths:
+            src = GeneratedRecall(length, seed=0, sizes={"test": args.eval_samples}, vocab_size=args.vocab,
+                                  variant=run["variant"])
+            reader = src.reader("test")
+            sse = hits = 0.0
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for i in range(args.eval_samples):
+                    b = {k: torch.as_tensor(v) for k, v in reader.read([i], 0, length).items()}
+                    pred, _ = model(b["x"], b["f"])
+                    sse += (pred - b["y"]).square().sum().item()
+                    hits += recall_hits(pred, b["x"], b["y"]).sum().item()
+            ref = recall_references(length, run["variant"], args.vocab, args.eval_samples)
+            rows.append({"variant": run["variant"], "trained_at": top, "n_tokens": length,
+                         "value_guess_accuracy": ref["value_guess_accuracy"], "value_mean_mse": ref["value_mean_mse"],
+                         "samples": args.eval_samples, "mse": sse / (3 * args.eval_samples),
+                         "accuracy": hits / args.eval_samples, "chance": 1 / args.vocab,
+                         "seconds_per_sample": round((time.perf_counter() - t0) / args.eval_samples, 2),
+                         "attention_cross_tensor_gib": round(length**2 * 3 * 4 / harness.GIB, 1)})
+            print(f"[accuracy] long {run['variant']} trained at {top}, eval at {length}: accuracy "
+                  f"{rows[-1]['accuracy']:.3f}, MSE {rows[-1]['mse']:.3f}", flush=True)
+    return {"settings": {"protocol": f"trained at {top} tokens (the recall part's final checkpoint), evaluated at "
+                                     "longer lengths on fresh test sequences",
+                         "model": "final checkpoint (model.pt), not the best-validation one"}, "rows": rows}
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in ("nbody", "recall", "long") if p in payload]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.2), squeeze=False)
+    for ax, part in zip(axes[0], parts, strict=True):
+        if part == "nbody":
+            t = payload["nbody"]["table"]
+            xs = range(len(t))
+            ax.bar([x - 0.2 for x in xs], [r["test_mse_mean"] for r in t], 0.4, yerr=[r["test_mse_std"] for r in t],
+                   capsize=4, label=f"measured ({payload['nbody']['settings']['steps']} steps)")
+            ax.bar([x + 0.2 for x in xs], [r["paper_mse"] for r in t], 0.4, label="paper (3000 steps)")
+            ax.set_xticks(list(xs), [r["model"] for r in t])
+            ax.set_yscale("log")
+            ax.set_ylabel("test MSE at best validation")
+            ax.set_title("5-body n-body")
+        elif part == "recall":
+            for r_mixer, style in (("hyena", "-"), ("attention", "--")):
+                for variant, marker in (("random", "o"), ("fixed", "s")):
+                    rs = sorted((r for r in payload["recall"]["runs"] if r["mixer"] == r_mixer
+                                 and r["variant"] == variant), key=lambda r: r["n_tokens"])
+                    if rs:
+                        ax.plot([r["n_tokens"] for r in rs], [r["test_accuracy"] for r in rs], style, marker=marker,
+                                label=f"{LABELS[r_mixer]}, {variant} vocab")
+            ax.axhline(payload["recall"]["settings"]["chance_accuracy"], color="grey", lw=0.8, label="1 / vocab")
+            refs = payload["recall"].get("references", [])
+            if refs:
+                ax.axhline(statistics.fmean(r["value_guess_accuracy"] for r in refs), color="grey", ls=":",
+                           label="no retrieval: guess a value of the sequence")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("sequence length (tokens)")
+            ax.set_ylabel("test accuracy at best validation")
+            ax.set_title("associative recall")
+        else:
+            for variant, marker in (("random", "o"), ("fixed", "s")):
+                rs = [r for r in payload["long"]["rows"] if r["variant"] == variant]
+                if rs:
+                    ax.plot([r["n_tokens"] for r in rs], [r["accuracy"] for r in rs], "-", marker=marker,
+                            label=f"SE(3)-Hyena, {variant} vocab (trained at {rs[0]['trained_at']})")
+            rows = payload["long"]["rows"]
+            if rows:
+                ax.axhline(rows[0]["chance"], color="grey", lw=0.8, label="1 / vocab")
+                ax.axhline(statistics.fmean(r.get("value_guess_accuracy", 0) for r in rows), color="grey", ls=":",
+                           label="no retrieval: guess a value of the sequence")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("evaluation length (tokens)")
+            ax.set_ylabel("accuracy")
+            ax.set_title("recall at long context (attention cannot run)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(payload: dict) -> str:
+    """The README's tables from the results."""
+    lines = []
+    for key in (k for k in payload if k.startswith("nbody")):
+        nb = payload[key]
+        lines += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "",
+                  f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds, "
+                  f"{nb['settings']['steps']} steps) | paper (3000 steps) | per-seed | wall per run (s) |",
+                  "|---|---|---|---|---|"]
+        for r in nb["table"]:
+            seeds = ", ".join(f"{x['test_mse']:.4f}" for x in nb["runs"] if x["mixer"] == r["mixer"])
+            lines.append(f"| {r['model']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {r['paper_mse']} | "
+                         f"{seeds} | {r['wall_s_mean']:.0f} |")
+        lines.append("")
+    if "recall" in payload:
+        lines += ["| length | vocabulary | model | steps × batch | test accuracy | test MSE | best step | wall (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in payload["recall"]["runs"]:
+            lines.append(f"| {r['n_tokens']} | {r['variant']} | {LABELS[r['mixer']]} | {r['steps']} × "
+                         f"{r['batch_size']} | {r['test_accuracy']:.3f} | {r['test_mse']:.3f} | {r['best']['step']} | "
+                         f"{r['wall_s']:.0f} |")
+        for r in payload["recall"].get("references", []):
+            lines.append(f"| {r['n_tokens']} | {r['variant']} | no retrieval: guess a value of the sequence / predict "
+                         f"their mean | — | {r['value_guess_accuracy']:.3f} | {r['value_mean_mse']:.3f} | — | — |")
+        lines.append("")
+    if "long" in payload:
+        lines += ["| vocabulary | trained at | evaluated at | samples | accuracy | no-retrieval guess | 1/vocab | "
+                  "MSE | value-mean MSE | s / sample |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in payload["long"]["rows"]:
+            lines.append(f"| {r['variant']} | {r['trained_at']} | {r['n_tokens']} | {r['samples']} | "
+                         f"{r['accuracy']:.3f} | {r['value_guess_accuracy']:.3f} | {r['chance']:.2f} | "
+                         f"{r['mse']:.3f} | {r['value_mean_mse']:.3f} | {r['seconds_per_sample']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["nbody", "recall", "long", "all"], default="all")
+    ap.add_argument("--tables", action="store_true", help="only print the README tables of <out>/accuracy.json")
+    ap.add_argument("--quick", action="store_true", help="a smoke run of every part (seconds, meaningless numbers)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    ap.add_argument("--work", type=Path, default=None, help="runs and data (default: runs/accuracy, quick: <out>)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: nbody 600, recall 150)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--mixers", nargs="+", default=["hyena", "attention", "linear"], choices=list(LABELS))
+    ap.add_argument("--nbody-lr", type=float, default=3e-3)
+    ap.add_argument("--nbody-schedule", choices=["cosine", "constant"], default="cosine")
+    ap.add_argument("--nbody-key", default="nbody", help="the results key of this n-body table (e.g. a second "
+                    "table at another budget)")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32, 256])
+    ap.add_argument("--variants", nargs="+", default=["random", "fixed"], choices=["random", "fixed"])
+    ap.add_argument("--vocab", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=16, help="recall equivariant width (the paper: 128)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--eval-size", type=int, default=96, help="recall validation and test sequences")
+    ap.add_argument("--recall-lr", type=float, default=3e-3)
+    ap.add_argument("--eval-lengths", type=int, nargs="+", default=[256, 4096, 65536])
+    ap.add_argument("--eval-samples", type=int, default=16)
+    args = ap.parse_args()
+    harness.set_threads(1)
+    out = args.out or harness.RESULTS
+    if args.quick:
+        args.seeds, args.lengths, args.eval_lengths, args.eval_samples = [0], [16], [16, 64], 2
+        args.batch, args.hidden = 8, 4
+    work = args.work or (out / "accuracy_work" if args.quick else harness.ROOT / "runs" / "accuracy")
+    path = out / "accuracy.json"
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    if args.tables:
+        print(markdown(payload))
+        return
+    payload.update({"benchmark": "accuracy", "machine": harness.machine()})
+    parts = ["nbody", "recall", "long"] if args.part == "all" else [args.part]
+    for part in parts:
+        steps = args.steps
+        if part == "nbody":
+            args.steps = steps or (10 if args.quick else 600)
+            payload[args.nbody_key] = run_nbody(args, work)
+        elif part == "recall":
+            args.steps = steps or (3 if args.quick else 150)
+            payload["recall"] = run_recall(args, work, payload.get("recall"))
+        else:
+            payload["long"] = run_long(args, work, payload.get("recall"))
+        args.steps = steps
+        if "recall" in payload:  # the no-retrieval references of every (length, vocabulary) trained
+            firsts = {(r["n_tokens"], r["variant"]): r for r in reversed(payload["recall"]["runs"])}
+            payload["recall"]["references"] = [recall_references(n, v, args.vocab, r["splits"]["test"])
+                                               for (n, v), r in sorted(firsts.items())]
+        harness.save("accuracy", payload, out)  # after every part: a stopped session keeps what it measured
+    plot(payload, out / "accuracy.png")
+    print(markdown(payload))
+
+
+if __name__ == "__main__":
+    main()
