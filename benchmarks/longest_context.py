@@ -100,7 +100,7 @@ def main() -> None:
     if harness.serve_point(args, measure):
         return
     if args.quick:
-        args.sizes, args.cap_gib, args.variants = [512], args.cap_gib or 2.0, ["plain", "checkpointing+mlp_chunks"]
+        args.sizes, args.cap_gib, args.variants = [512], args.cap_gib or 4.0, ["plain", "checkpointing+mlp_chunks"]
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
     cap = int((args.cap_gib * harness.GIB) if args.cap_gib else min(20 * harness.GIB,
                                                                      harness.available_bytes() - 1.5 * harness.GIB))
