@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dist_hyena.config import HyenaConfig
+from dist_hyena.model import SE3HyenaModel, subtract_centroid
 
 
 class LinearBaseline(nn.Module):
@@ -38,22 +39,16 @@ class LinearBaseline(nn.Module):
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         pos = list(cfg.position_channels)
-        centroid = x[:, :, pos].mean(dim=1, keepdim=True) if pos else None  # [B, 1, P, 3]
+        centroid = x[:, :, pos].sum(dim=1, dtype=torch.float64) / x.shape[1] if pos else None  # [B, P, 3]
         if pos:
-            x = x - _scatter_shift(x, centroid, pos)
+            x = subtract_centroid(x, pos, centroid)
         mean = x.mean(dim=1, keepdim=True)  # [B, 1, C, 3]
         from_mean = torch.einsum("oc,bncd->bnod", self.mean_weight * self.mean_mask, mean)
         if cfg.head == "recall":
             return from_mean[:, 0], x.new_zeros(x.shape[0], cfg.scalar_out)
         update = torch.einsum("oc,bncd->bnod", self.token_weight, x) + from_mean
-        out = x[:, :, pos[0], None] + update + centroid[:, :, :1]
-        return out, x.new_zeros(*x.shape[:2], cfg.scalar_out)
-
-
-def _scatter_shift(x: torch.Tensor, centroid: torch.Tensor, pos: list[int]) -> torch.Tensor:
-    shift = torch.zeros_like(x[:, :1])
-    shift[:, :, pos] = centroid
-    return shift
+        out = (x[:, :, pos[0], None] + update).double() + centroid[:, None, :1]
+        return out.to(x.dtype), x.new_zeros(*x.shape[:2], cfg.scalar_out)
 
 
 def build_model(cfg: HyenaConfig, mesh=None) -> nn.Module:
@@ -62,6 +57,4 @@ def build_model(cfg: HyenaConfig, mesh=None) -> nn.Module:
         if mesh is not None and mesh.sp > 1:
             raise ValueError("mixer='linear' is a one-process baseline; sequence parallelism needs mixer='hyena'")
         return LinearBaseline(cfg)
-    from dist_hyena.model import SE3HyenaModel
-
     return SE3HyenaModel(cfg, mesh=mesh)

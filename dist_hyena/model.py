@@ -107,6 +107,14 @@ def _check_inputs(cfg: HyenaConfig, x: torch.Tensor, f: torch.Tensor, dtype: tor
             raise ValueError(f"input {name} contains NaN or Inf")
 
 
+def subtract_centroid(x: torch.Tensor, pos: list[int], centroid: torch.Tensor) -> torch.Tensor:
+    """``x [B, N, C, 3]`` with its position channels ``pos`` moved by ``-centroid`` (``[B, P, 3]``, float64),
+    subtracted in float64: positions far from the origin keep the digits translation invariance depends on."""
+    shift = torch.zeros_like(x, dtype=torch.float64)
+    shift[:, :, pos] = centroid[:, None]
+    return (x.double() - shift).to(x.dtype)
+
+
 class SE3HyenaModel(nn.Module):
     """SE(3)-Hyena: input embedding -> ``n_blocks`` blocks -> head.
 
@@ -156,9 +164,7 @@ class SE3HyenaModel(nn.Module):
         centroid = None
         if pos:
             centroid = self._token_mean(x[:, :, pos], n_total)  # [B, P, 3]
-            shift = torch.zeros_like(x, dtype=torch.float64)
-            shift[:, :, pos] = centroid[:, None]
-            x = (x.double() - shift).to(x.dtype)
+            x = subtract_centroid(x, pos, centroid)
         h_x, h_f = self.embed_in(x, f)
         for block in self.blocks:
             if cfg.activation_checkpointing and self.training:
