@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .ops import CONV_MODES
 
 HEADS = ("nbody", "recall")
-MIXERS = ("hyena", "attention", "sdpa", "linear")
+MIXERS = ("hyena", "attention", "sdpa", "linear", "egnn")
 SP_STRATEGIES = ("auto", "channels", "fft")
 
 
@@ -21,10 +21,16 @@ class HyenaConfig:
     channels wide (the gating MLP ``gate_width``). ``mixer``: ``hyena`` (FFT long convolution), ``attention``
     (the paper's O(N²) vector attention) or ``sdpa`` (invariant-distance attention on
     ``scaled_dot_product_attention``, never N x N in memory) or ``linear`` (no blocks at all: the paper's
-    linear baseline, an equivariant linear map of the input vectors, ``dist_hyena.baselines.LinearBaseline``;
-    build models with ``dist_hyena.baselines.build_model``). ``mlp_token_chunk``: when set, every
+    linear baseline, an equivariant linear map of the input vectors, ``dist_hyena.baselines.LinearBaseline``) or
+    ``egnn`` (no blocks either: an E(n)-equivariant graph network, Satorras et al. 2021, over the fully connected
+    graph of a sample's tokens, ``n_blocks`` layers of width ``hidden_width``, ``dist_hyena.baselines.EGNNBaseline``;
+    ``linear`` and ``egnn`` are one-process models; build models with ``dist_hyena.baselines.build_model``).
+    ``mlp_token_chunk``: when set, every
     MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
-    chunk by chunk there (``VectorScalarMLP``).
+    chunk by chunk there (``VectorScalarMLP``); it also token-chunks the local context.
+    ``local_window`` (w, default 0): every block adds the local geometric context (DESIGN §2.4,
+    ``dist_hyena.local_context``) over the w sequence neighbours on each side (``causal``: before) before its
+    operator; 0 is exactly the paper's model (same parameters, same outputs).
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
@@ -47,6 +53,7 @@ class HyenaConfig:
     position_channels: tuple[int, ...] = field(default=(0,))
     activation_checkpointing: bool = False
     mlp_token_chunk: int | None = None
+    local_window: int = 0
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
@@ -59,7 +66,7 @@ class HyenaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"HyenaConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("vector_in", "scalar_in", "scalar_out"):
+        for name in ("vector_in", "scalar_in", "scalar_out", "local_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"HyenaConfig.{name} must be a non-negative integer, got {value!r}")

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import DistanceAttention, VectorAttention
 from .config import HyenaConfig
+from .local_context import LocalContext
 from .nn import VectorScalarMLP
 from .ops import circular_conv, cross_conv
 
@@ -31,8 +32,8 @@ class LocalConv(nn.Module):
 
 
 def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
-    if cfg.mixer == "linear":
-        raise ValueError("mixer='linear' is the linear baseline, not a mixer of SE3HyenaModel: build it with "
+    if cfg.mixer in ("linear", "egnn"):
+        raise ValueError(f"mixer={cfg.mixer!r} is a baseline model, not a mixer of SE3HyenaModel: build it with "
                          "dist_hyena.baselines.build_model")
     if cfg.mixer in ("attention", "sdpa"):
         if mesh is not None and mesh.sp > 1:
@@ -74,15 +75,25 @@ class HyenaOperator(nn.Module):
 
 
 class HyenaBlock(nn.Module):
-    """operator -> residual add -> equivariant MLP -> residual add."""
+    """[local context -> residual add ->] operator -> residual add -> equivariant MLP -> residual add.
+
+    ``pos`` (the centred input positions ``[B, n, P, 3]``, or None) and ``counts`` (every SP rank's token
+    count) are read by the local context only."""
 
     def __init__(self, cfg: HyenaConfig, mesh=None):
         super().__init__()
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
+        if cfg.local_window:
+            self.local = LocalContext(cfg.local_window, cfg.conv_mode, self.cv, self.d,
+                                      len(cfg.position_channels), cfg.hidden_width, mesh)
         self.operator = HyenaOperator(cfg, mesh)
         self.mlp = VectorScalarMLP(self.cv, self.d, self.cv, self.d, cfg.hidden_width, cfg.mlp_layers)
 
-    def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, f: torch.Tensor, pos: torch.Tensor | None = None,
+                counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self, "local"):
+            dx, df = self.local(x, f, pos, counts or [x.shape[1]])
+            x, f = x + dx, f + df
         dx, df = self.operator(x, f)
         x, f = x + dx, f + df
         dx, df = self.mlp(x, f)
@@ -134,7 +145,7 @@ class SE3HyenaModel(nn.Module):
         self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
         self.head = VectorScalarMLP(cv, d, cfg.vector_out, cfg.scalar_out, cfg.hidden_width, cfg.mlp_layers)
         for module in self.modules():
-            if isinstance(module, VectorScalarMLP):
+            if isinstance(module, VectorScalarMLP | LocalContext):
                 module.token_chunk = cfg.mlp_token_chunk
 
     def _token_mean(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
@@ -148,29 +159,29 @@ class SE3HyenaModel(nn.Module):
             total = sp_all_reduce(total, self.mesh)
         return total / n_total
 
-    def _n_total(self, n_local: int, device: torch.device) -> int:
+    def _token_counts(self, n_local: int, device: torch.device) -> list[int]:
+        """Every SP rank's token count (one process: ``[n_local]``); on the input's device, as NCCL needs."""
         if self.mesh is None:
-            return n_local
-        from .parallel import sp_all_reduce
-
-        # On the input's device: NCCL reduces CUDA tensors only.
-        return int(sp_all_reduce(torch.tensor([float(n_local)], device=device), self.mesh).item())
+            return [n_local]
+        return self.mesh.token_counts(n_local, device=device)
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         _check_inputs(cfg, x, f, self.head.mlp.net[-1].weight.dtype)
-        n_total = self._n_total(x.shape[1], x.device)
+        counts = self._token_counts(x.shape[1], x.device)
+        n_total = sum(counts)
         pos = list(cfg.position_channels)
         centroid = None
         if pos:
             centroid = self._token_mean(x[:, :, pos], n_total)  # [B, P, 3]
             x = subtract_centroid(x, pos, centroid)
+        geometry = (x[:, :, pos] if pos and cfg.local_window else None, counts)
         h_x, h_f = self.embed_in(x, f)
         for block in self.blocks:
             if cfg.activation_checkpointing and self.training:
-                h_x, h_f = checkpoint(block, h_x, h_f, use_reentrant=False)
+                h_x, h_f = checkpoint(block, h_x, h_f, *geometry, use_reentrant=False)
             else:
-                h_x, h_f = block(h_x, h_f)
+                h_x, h_f = block(h_x, h_f, *geometry)
         if cfg.head == "recall":
             h_x, h_f = (self._token_mean(h, n_total)[:, None].to(h.dtype) for h in (h_x, h_f))
         out_x, out_f = self.head(h_x, h_f)

@@ -42,6 +42,8 @@ class DataSection:
     generate: dict[str, Any] = field(default_factory=dict)  # generate_store keyword arguments
     num_workers: int = 0
     prefetch: int = 2
+    # Training batches only: "permute" shuffles each n-body sample's tokens (particle order is arbitrary; sp = 1).
+    augment: Literal["none", "permute"] = "none"
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dist_hyena.data import GeneratedRecall, StreamingLoader, generate_store
 from dist_hyena.parallel import Mesh, init_mesh
 from dist_hyena.runtime import init_distributed
 from dist_hyena.train import checkpoint
+from dist_hyena.train.augment import permute_tokens
 from dist_hyena.train.config import ConfigError, TrainConfig
 from dist_hyena.train.engine import (
     all_reduce_sum,
@@ -136,6 +137,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                               f"batch of {loader.batch_size} per data-parallel rank (from {key}, dp = {mesh.dp})")
     meta = train_loader.meta
     task, n_tokens = meta["task"], meta["n_tokens"]
+    if cfg.data.augment == "permute" and (task != "nbody" or mesh.sp > 1):
+        raise ConfigError(f"data.augment = permute shuffles the particles of n-body samples on one rank; this run is "
+                          f"a {task!r} task at parallel.sp = {mesh.sp}")
     model_cfg = _model_config(cfg, meta)
     engine, _ = build_engine(cfg, model_cfg, mesh)
 
@@ -169,6 +173,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                     batches = iter(train_loader)
                     batch = next(batches)
                 ids.append(batch["index"])
+                if cfg.data.augment == "permute":
+                    batch = permute_tokens(batch)
                 sse, _, group_count = batch_error(engine, batch, task, n_tokens, mesh.sp)
                 loss = sse / group_count
                 value = loss.item()
