@@ -8,6 +8,7 @@ from .conv import STRATEGIES, SequenceParallelConv, channel_partition, resolve_s
 from .mappings import (
     columns_to_rows,
     gather_sequence,
+    halo_exchange,
     rows_to_columns,
     shard_sequence,
     sp_all_reduce,
@@ -23,6 +24,7 @@ __all__ = [
     "channel_partition",
     "columns_to_rows",
     "gather_sequence",
+    "halo_exchange",
     "init_mesh",
     "ledger",
     "resolve_strategy",

@@ -13,6 +13,13 @@ stays on a rank is counted. With Cv vector and D scalar channels and itemsize s:
   circular, 2 for causal, whose spectrum is twice as long): 3 (P-1) M or 5 (P-1) M reals
   per transform, so 9 or 15 (3 Cv + D) (P-1)/P numbers per token forward.
 - ``token_counts``: each rank's int64 count vector of length P (an all-reduce payload).
+
+One ``halo_exchange`` (op ``halo``) of width w over blocks [a_r, b_r) moves, for every rank
+r, the halo rows it does not own itself, each ``row_numel`` numbers: ``causal``,
+min(w, a_r) rows (the w tokens before a_r that exist); ``circular``, the 2w positions
+[a_r - w, a_r) and [b_r, b_r + w) less those whose index mod N falls back into [a_r, b_r)
+(only when w > N - n_r). So at most 2w rows per rank, independent of N: exactly
+2w P rows (``circular``) and w (P - 1) (``causal``) in total when w <= every block and P >= 2.
 """
 
 from __future__ import annotations
@@ -61,3 +68,26 @@ def bytes_per_token(strategy: str, mode: str, sp: int, n_vector: int, n_scalar: 
     if strategy == "fft":
         per_token *= 3 if mode == "circular" else 5
     return 2 * per_token * itemsize
+
+
+def _owned_before(m: int, start: int, stop: int, n_tokens: int) -> int:
+    """How many integers x in [0, m) (counted negatively for m < 0) have x mod N in [start, stop)."""
+    q, rem = divmod(m, n_tokens)
+    return q * (stop - start) + min(max(rem - start, 0), stop - start)
+
+
+def halo_bytes(mode: str, counts: list[int], w: int, row_numel: int, itemsize: int, batch: int = 1) -> int:
+    """Forward bytes of one ``halo_exchange`` of width ``w`` over blocks of ``counts`` tokens, summed over
+    the SP group (its backward moves the same); ``row_numel`` numbers a token, ``itemsize`` bytes each."""
+    if mode not in ("circular", "causal"):
+        raise ValueError(f"halo_bytes: mode must be 'circular' or 'causal', got {mode!r}")
+    n_tokens, rows, start = sum(counts), 0, 0
+    for n in counts:
+        stop = start + n
+        if mode == "causal":
+            rows += min(w, start)
+        else:  # of [start - w, start) and [stop, stop + w), the indices that wrap back into the own block stay
+            own = [_owned_before(m, start, stop, n_tokens) for m in (start - w, start, stop, stop + w)]
+            rows += 2 * w - (own[1] - own[0]) - (own[3] - own[2])
+        start = stop
+    return rows * row_numel * itemsize * batch
