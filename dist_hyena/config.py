@@ -30,7 +30,8 @@ class HyenaConfig:
     chunk by chunk there (``VectorScalarMLP``); it also token-chunks the local context.
     ``local_window`` (w, default 0): every block adds the local geometric context (DESIGN §2.4,
     ``dist_hyena.local_context``) over the w sequence neighbours on each side (``causal``: before) before its
-    operator; 0 is exactly the paper's model (same parameters, same outputs).
+    operator; 0 is exactly the paper's model (same parameters, same outputs). ``local_hidden``: the width of its
+    pair MLP (an ordinary MLP of invariants, far cheaper per unit of width than a Clifford MLP).
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
@@ -54,6 +55,7 @@ class HyenaConfig:
     activation_checkpointing: bool = False
     mlp_token_chunk: int | None = None
     local_window: int = 0
+    local_hidden: int = 64
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
@@ -62,7 +64,7 @@ class HyenaConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"HyenaConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("n_blocks", "vector_width", "scalar_width", "hidden_width", "gate_width", "mlp_layers",
-                     "vector_out"):
+                     "vector_out", "local_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"HyenaConfig.{name} must be a positive integer, got {value!r}")

@@ -85,7 +85,7 @@ class HyenaBlock(nn.Module):
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
         if cfg.local_window:
             self.local = LocalContext(cfg.local_window, cfg.conv_mode, self.cv, self.d,
-                                      len(cfg.position_channels), cfg.hidden_width, mesh)
+                                      len(cfg.position_channels), cfg.local_hidden, mesh)
         self.operator = HyenaOperator(cfg, mesh)
         self.mlp = VectorScalarMLP(self.cv, self.d, self.cv, self.d, cfg.hidden_width, cfg.mlp_layers)
 
