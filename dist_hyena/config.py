@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .ops import CONV_MODES
 
 HEADS = ("nbody", "recall")
-MIXERS = ("hyena", "attention", "sdpa", "linear", "egnn")
+MIXERS = ("hyena", "attention", "sdpa", "none", "linear", "egnn")
 SP_STRATEGIES = ("auto", "channels", "fft")
 
 
@@ -20,11 +20,15 @@ class HyenaConfig:
     ``scalar_width`` scalars ``[B, N, D]``. Clifford MLPs are ``hidden_width`` multivector
     channels wide (the gating MLP ``gate_width``). ``mixer``: ``hyena`` (FFT long convolution), ``attention``
     (the paper's O(N²) vector attention) or ``sdpa`` (invariant-distance attention on
-    ``scaled_dot_product_attention``, never N x N in memory) or ``linear`` (no blocks at all: the paper's
+    ``scaled_dot_product_attention``, never N x N in memory) or ``none`` (no global mixing: the operator's
+    context is zero, an ablation) or ``linear`` (no blocks at all: the paper's
     linear baseline, an equivariant linear map of the input vectors, ``dist_hyena.baselines.LinearBaseline``) or
     ``egnn`` (no blocks either: an E(n)-equivariant graph network, Satorras et al. 2021, over the fully connected
     graph of a sample's tokens, ``n_blocks`` layers of width ``hidden_width``, ``dist_hyena.baselines.EGNNBaseline``;
     ``linear`` and ``egnn`` are one-process models; build models with ``dist_hyena.baselines.build_model``).
+    ``linear_path``: the input embedding and the head add an equivariant linear map of their input to the
+    Clifford MLP's output (the MLP alone is layer-normed, so its output cannot grow with its input).
+    ``layer_norm``: the Clifford MLPs' layer norm (the paper's; off is an ablation).
     ``mlp_token_chunk``: when set, every
     MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
     chunk by chunk there (``VectorScalarMLP``); it also token-chunks the local context.
@@ -54,6 +58,8 @@ class HyenaConfig:
     position_channels: tuple[int, ...] = field(default=(0,))
     activation_checkpointing: bool = False
     mlp_token_chunk: int | None = None
+    linear_path: bool = False
+    layer_norm: bool = True
     local_window: int = 0
     local_hidden: int = 64
 

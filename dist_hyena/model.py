@@ -31,6 +31,20 @@ class LocalConv(nn.Module):
         return cross_conv(q_eqv, k_eqv, self.mode), circular_conv(q_inv, k_inv, self.mode)
 
 
+def mlp(cfg: HyenaConfig, vectors_in: int, scalars_in: int, vectors_out: int, scalars_out: int,
+        hidden: int | None = None, linear_path: bool = False) -> VectorScalarMLP:
+    """A token-wise Clifford MLP of the model (``hidden_width`` wide unless told), with the config's options."""
+    return VectorScalarMLP(vectors_in, scalars_in, vectors_out, scalars_out, hidden or cfg.hidden_width,
+                           cfg.mlp_layers, layer_norm=cfg.layer_norm, linear_path=linear_path)
+
+
+class NoContext(nn.Module):
+    """No global mixing (``mixer="none"``, an ablation): the context is zero, the block is token-wise."""
+
+    def forward(self, q_eqv, k_eqv, q_inv, k_inv):
+        return torch.zeros_like(q_eqv), torch.zeros_like(q_inv)
+
+
 def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
     if cfg.mixer in ("linear", "egnn"):
         raise ValueError(f"mixer={cfg.mixer!r} is a baseline model, not a mixer of SE3HyenaModel: build it with "
@@ -40,6 +54,8 @@ def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
             raise ValueError(f"mixer={cfg.mixer!r} is a one-process attention baseline; "
                              "sequence parallelism (sp > 1) needs mixer='hyena'")
         return DistanceAttention(cfg.conv_mode) if cfg.mixer == "sdpa" else VectorAttention(cfg.conv_mode)
+    if cfg.mixer == "none":
+        return NoContext()
     if mesh is None:
         return LocalConv(cfg.conv_mode)
     from .parallel import SequenceParallelConv
@@ -53,10 +69,10 @@ class HyenaOperator(nn.Module):
     def __init__(self, cfg: HyenaConfig, mesh=None):
         super().__init__()
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
-        cv, d, layers = self.cv, self.d, cfg.mlp_layers
-        self.project_in = VectorScalarMLP(cv, d, 3 * cv, 3 * d, cfg.hidden_width, layers)
-        self.gate = VectorScalarMLP(cv, d, 0, cv + d, cfg.gate_width, layers)
-        self.project_out = VectorScalarMLP(cv, d, cv, d, cfg.hidden_width, layers)
+        cv, d = self.cv, self.d
+        self.project_in = mlp(cfg, cv, d, 3 * cv, 3 * d)
+        self.gate = mlp(cfg, cv, d, 0, cv + d, cfg.gate_width)
+        self.project_out = mlp(cfg, cv, d, cv, d)
         self.context = _global_context(cfg, mesh)
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +103,7 @@ class HyenaBlock(nn.Module):
             self.local = LocalContext(cfg.local_window, cfg.conv_mode, self.cv, self.d,
                                       len(cfg.position_channels), cfg.local_hidden, mesh)
         self.operator = HyenaOperator(cfg, mesh)
-        self.mlp = VectorScalarMLP(self.cv, self.d, self.cv, self.d, cfg.hidden_width, cfg.mlp_layers)
+        self.mlp = mlp(cfg, self.cv, self.d, self.cv, self.d)
 
     def forward(self, x: torch.Tensor, f: torch.Tensor, pos: torch.Tensor | None = None,
                 counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,9 +157,9 @@ class SE3HyenaModel(nn.Module):
         self.cfg = cfg = cfg or HyenaConfig()
         self.mesh = mesh
         cv, d = cfg.vector_width, cfg.scalar_width
-        self.embed_in = VectorScalarMLP(cfg.vector_in, cfg.scalar_in, cv, d, cfg.hidden_width, cfg.mlp_layers)
+        self.embed_in = mlp(cfg, cfg.vector_in, cfg.scalar_in, cv, d, linear_path=cfg.linear_path)
         self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
-        self.head = VectorScalarMLP(cv, d, cfg.vector_out, cfg.scalar_out, cfg.hidden_width, cfg.mlp_layers)
+        self.head = mlp(cfg, cv, d, cfg.vector_out, cfg.scalar_out, linear_path=cfg.linear_path)
         for module in self.modules():
             if isinstance(module, VectorScalarMLP | LocalContext):
                 module.token_chunk = cfg.mlp_token_chunk

@@ -177,17 +177,24 @@ class CliffordLayerNorm(nn.Module):
 
 
 class CliffordMLP(nn.Module):
-    """``n_layers`` x (geometric product -> gated nonlinearity -> layer norm), then a linear map."""
+    """``n_layers`` x (geometric product -> gated nonlinearity -> layer norm), then a linear map.
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int, n_layers: int = 1):
+    ``layer_norm=False`` drops the layer norms; ``linear_path=True`` adds a linear map of the input to the output
+    (``skip``), so the output can follow the input's magnitude, which the layer-normed path alone cannot."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, n_layers: int = 1, layer_norm: bool = True,
+                 linear_path: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_channels
         for _ in range(n_layers):
-            layers += [GeometricProduct(width, hidden), GatedNonlinearity(hidden), CliffordLayerNorm(hidden)]
+            layers += [GeometricProduct(width, hidden), GatedNonlinearity(hidden)]
+            layers += [CliffordLayerNorm(hidden)] if layer_norm else []
             width = hidden
         layers.append(CliffordLinear(width, out_channels))
         self.net = nn.Sequential(*layers)
+        self.skip = CliffordLinear(in_channels, out_channels, bias=False) if linear_path else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        y = self.net(x)
+        return y if self.skip is None else y + self.skip(x)

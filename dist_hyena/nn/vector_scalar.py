@@ -79,7 +79,7 @@ class _TokenChunkedRecompute(torch.autograd.Function):
 class VectorScalarMLP(nn.Module):
     """(vectors ``[..., vectors_in, 3]``, scalars ``[..., scalars_in]``) -> (vectors ``[..., vectors_out, 3]``,
     scalars ``[..., scalars_out]``): embed as multivectors, a :class:`CliffordMLP`, read the first channels'
-    vector part and the next channels' scalar part. O(3)-equivariant as the MLP is.
+    vector part and the next channels' scalar part. O(3)-equivariant as the MLP is. ``options``: CliffordMLP's.
 
     ``token_chunk`` (default None) bounds memory on long sequences: the map runs ``token_chunk`` tokens at a
     time, and under autograd backward keeps only the compact inputs and recomputes each chunk (about one
@@ -89,10 +89,10 @@ class VectorScalarMLP(nn.Module):
     token_chunk: int | None = None
 
     def __init__(self, vectors_in: int, scalars_in: int, vectors_out: int, scalars_out: int, hidden: int,
-                 n_layers: int = 1):
+                 n_layers: int = 1, **options):
         super().__init__()
         self.vectors_out, self.scalars_out = vectors_out, scalars_out
-        self.mlp = CliffordMLP(vectors_in + scalars_in, vectors_out + scalars_out, hidden, n_layers)
+        self.mlp = CliffordMLP(vectors_in + scalars_in, vectors_out + scalars_out, hidden, n_layers, **options)
 
     def _map(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return read(self.mlp(embed(x, f)), self.vectors_out, self.scalars_out)

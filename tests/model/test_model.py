@@ -17,6 +17,8 @@ CONFIGS = {
     "nbody-sdpa": dict(mixer="sdpa"),
     "nbody-mlp-token-chunks": dict(mlp_token_chunk=7),
     "nbody-wide-stream": dict(vector_width=3, scalar_width=5, mlp_layers=2),
+    "nbody-linear-path-no-layer-norm": dict(linear_path=True, layer_norm=False),
+    "nbody-no-global-mixer": dict(mixer="none"),
     "recall-hyena": RECALL,
     "recall-attention": dict(RECALL, mixer="attention", conv_mode="causal"),
 }
