@@ -37,8 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
 CONFIGS = harness.ROOT / "configs"
-PAPER_NBODY = {"hyena": 0.0018, "attention": 0.0019, "linear": 0.0322}
-LABELS = {"hyena": "SE(3)-Hyena", "attention": "vector attention", "linear": "linear"}
+PAPER_NBODY = {"hyena": 0.0018, "attention": 0.0019, "linear": 0.0322, "egnn": 0.0071, "local": None}
+LABELS = {"hyena": "SE(3)-Hyena", "attention": "vector attention", "linear": "linear", "egnn": "EGNN",
+          "local": "SE(3)-Hyena + local context (configs/nbody5_local.yaml)"}
+# n-body rows trained by a config of their own, at its own budget; and the overrides some mixers need.
+OWN_CONFIG = {"local": "nbody5_local.yaml"}
+MIXER_OVERRIDES: dict[str, list[str]] = {}
 PAPER_BUDGET = {"nbody": "Adam lr 1e-4 constant, weight decay 1e-5, batch 100, 3000 steps (300 epochs of 1000)",
                 "recall": "Adam lr 1e-3 cosine, weight decay 1e-5, batch 32, 18750 steps (300 epochs of 2000), "
                           "widths invariant 16 / equivariant 128 / gating 8"}
@@ -60,20 +64,74 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run_nbody(args, work: Path) -> dict:
+def nbody_common(args, work: Path) -> tuple[dict, list[str]]:
+    """The split sizes and the overrides every n-body run shares: data, budget, evaluation."""
     sizes = {"train": 1000, "val": 2000, "test": 2000} if not args.quick else {"train": 100, "val": 50, "test": 50}
     data = work / ("data/nbody5_{train}_{val}_{test}".format(**sizes))
     every = max(1, args.steps // 10)
-    common = [f"run.out_dir={work / 'runs'}", f"data.path={data}", "data.seed=0",
-              "data.generate=" + json.dumps(sizes), f"train.steps={args.steps}", f"optim.lr={args.nbody_lr}",
-              f"optim.schedule={args.nbody_schedule}", "optim.warmup_steps=20", "optim.min_lr_ratio=0.05",
-              f"eval.every={every}", f"eval.batch_size={min(500, sizes['val'])}", "eval.test=true",
-              "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
+    return sizes, [f"run.out_dir={work / 'runs'}", f"data.path={data}", "data.seed=0",
+                   "data.generate=" + json.dumps(sizes), f"train.steps={args.steps}", f"optim.lr={args.nbody_lr}",
+                   f"optim.schedule={args.nbody_schedule}", "optim.warmup_steps=20", "optim.min_lr_ratio=0.05",
+                   f"eval.every={every}", f"eval.batch_size={min(500, sizes['val'])}", "eval.test=true",
+                   "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
+
+
+# One change at a time against the paper's model (configs/nbody5.yaml), all at the --steps / --nbody-lr budget.
+ABLATIONS = {
+    "paper": ("the paper's SE(3)-Hyena (1 vector + 8 scalar channels, hidden 16, 2 blocks)", []),
+    "no_global_mixer": ("global convolution replaced by zeros (mixer=none)", ["model.mixer=none"]),
+    "vector_width_4": ("4 vector channels in the stream", ["model.vector_width=4"]),
+    "linear_path": ("linear path in the embedding and the head", ["model.linear_path=true"]),
+    "no_layer_norm": ("no layer norm in the Clifford MLPs", ["model.layer_norm=false"]),
+    "permute": ("random particle order in training (data.augment=permute)", ["data.augment=permute"]),
+    "local_w2": ("local geometric context, w = 2 (local_window=2)", ["model.local_window=2"]),
+    "local_w2_vw4": ("local context w = 2 and 4 vector channels", ["model.local_window=2", "model.vector_width=4"]),
+    "local_w2_vw4_permute": ("local context w = 2, 4 vector channels, permute (nbody5_local's model)",
+                             ["model.local_window=2", "model.vector_width=4", "data.augment=permute"]),
+}
+
+
+def run_ablation(args, work: Path, previous: dict | None) -> dict:
+    """Every --ablations variant x --seeds; variants already in `previous` and not asked for again are kept."""
+    _, common = nbody_common(args, work)
+    runs = [r for r in (previous or {}).get("runs", []) if r["variant"] not in args.ablations]
+    for variant in args.ablations:
+        for seed in args.seeds:
+            name = f"ablation_{variant}_s{seed}"
+            r = train_run("nbody5.yaml", common + ABLATIONS[variant][1] + [f"run.name={name}", f"run.seed={seed}"])
+            runs.append({"variant": variant, "seed": seed, **r, "test_mse": r["best"]["test_mse"]})
+            print(f"[accuracy] {name}: test MSE {r['best']['test_mse']:.5f} at best val (step "
+                  f"{r['best']['step']}), {r['wall_s']} s", flush=True)
+    table = []
+    for variant in ABLATIONS:
+        rs = [r for r in runs if r["variant"] == variant]
+        if rs:
+            mean, std = mean_std([r["test_mse"] for r in rs])
+            table.append({"variant": variant, "change": ABLATIONS[variant][0], "overrides": ABLATIONS[variant][1],
+                          "test_mse_mean": mean, "test_mse_std": std, "seeds": [r["seed"] for r in rs],
+                          "train_loss_last": statistics.fmean(r["last_loss"] for r in rs),
+                          "wall_s_mean": statistics.fmean(r["wall_s"] for r in rs)})
+    settings = {"steps": args.steps, "lr": args.nbody_lr, "schedule": args.nbody_schedule, "batch_size": 100,
+                "data": "5-body, 1000 / 2000 / 2000 systems, data seed 0"}
+    return {"settings": settings, "runs": runs, "table": table}
+
+
+def run_nbody(args, work: Path) -> dict:
+    sizes, common = nbody_common(args, work)
+    every = max(1, args.steps // 10)
+    # A model with its own budget (its config's steps, lr and schedule) shares only the data and the evaluation.
+    own_budget = [o for o in common if o.split("=")[0] in ("run.out_dir", "data.path", "data.seed", "data.generate",
+                                                           "eval.test", "checkpoint.every", "checkpoint.keep")]
     runs = []
     for mixer in args.mixers:
         for seed in args.seeds:
             name = f"{args.nbody_key}_{mixer}_s{seed}"
-            r = train_run("nbody5.yaml", common + [f"run.name={name}", f"run.seed={seed}", f"model.mixer={mixer}"])
+            if mixer in OWN_CONFIG:
+                quick = [f"train.steps={args.steps}"] if args.quick else []
+                config, overrides = OWN_CONFIG[mixer], own_budget + quick
+            else:
+                config, overrides = "nbody5.yaml", common + [f"model.mixer={mixer}"] + MIXER_OVERRIDES.get(mixer, [])
+            r = train_run(config, overrides + [f"run.name={name}", f"run.seed={seed}"])
             runs.append({"mixer": mixer, "seed": seed, **r, "test_mse": r["best"]["test_mse"]})
             print(f"[accuracy] {name}: test MSE {r['best']['test_mse']:.5f} at best val (step "
                   f"{r['best']['step']}), {r['wall_s']} s", flush=True)
@@ -197,15 +255,25 @@ def plot(payload: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [p for p in ("nbody", "recall", "long") if p in payload]
+    parts = [p for p in ("ablation", "nbody", "recall", "long") if p in payload]
     fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.2), squeeze=False)
     for ax, part in zip(axes[0], parts, strict=True):
+        if part == "ablation":
+            t = payload["ablation"]["table"]
+            ys = range(len(t))
+            ax.barh(list(ys), [r["test_mse_mean"] for r in t], xerr=[r["test_mse_std"] for r in t], capsize=3)
+            ax.set_yticks(list(ys), [r["variant"] for r in t], fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xscale("log")
+            ax.set_xlabel("test MSE at best validation (mean ± std over seeds)")
+            ax.set_title(f"5-body ablation ({payload['ablation']['settings']['steps']} steps)")
+            continue
         if part == "nbody":
             t = payload["nbody"]["table"]
             xs = range(len(t))
             ax.bar([x - 0.2 for x in xs], [r["test_mse_mean"] for r in t], 0.4, yerr=[r["test_mse_std"] for r in t],
                    capsize=4, label=f"measured ({payload['nbody']['settings']['steps']} steps)")
-            ax.bar([x + 0.2 for x in xs], [r["paper_mse"] for r in t], 0.4, label="paper (3000 steps)")
+            ax.bar([x + 0.2 for x in xs], [r["paper_mse"] or 0 for r in t], 0.4, label="published")
             ax.set_xticks(list(xs), [r["model"] for r in t])
             ax.set_yscale("log")
             ax.set_ylabel("test MSE at best validation")
@@ -251,16 +319,25 @@ def plot(payload: dict, path: Path) -> None:
 def markdown(payload: dict) -> str:
     """The README's tables from the results."""
     lines = []
+    if "ablation" in payload:
+        ab = payload["ablation"]
+        lines += [f"ablation: {ab['settings']['steps']} steps, lr {ab['settings']['lr']} {ab['settings']['schedule']}, "
+                  "batch 100", "", "| change (one at a time) | test MSE at best val (mean ± std) | seeds | "
+                  "last train loss | wall per run (s) |", "|---|---|---|---|---|"]
+        for r in ab["table"]:
+            lines.append(f"| {r['change']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {len(r['seeds'])} | "
+                         f"{r['train_loss_last']:.4f} | {r['wall_s_mean']:.0f} |")
+        lines.append("")
     for key in (k for k in payload if k.startswith("nbody")):
         nb = payload[key]
         lines += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "",
-                  f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds, "
-                  f"{nb['settings']['steps']} steps) | paper (3000 steps) | per-seed | wall per run (s) |",
-                  "|---|---|---|---|---|"]
+                  f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds) | steps | "
+                  "published | per-seed | wall per run (s) |", "|---|---|---|---|---|---|"]
         for r in nb["table"]:
-            seeds = ", ".join(f"{x['test_mse']:.4f}" for x in nb["runs"] if x["mixer"] == r["mixer"])
-            lines.append(f"| {r['model']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {r['paper_mse']} | "
-                         f"{seeds} | {r['wall_s_mean']:.0f} |")
+            rs = [x for x in nb["runs"] if x["mixer"] == r["mixer"]]
+            seeds = ", ".join(f"{x['test_mse']:.4f}" for x in rs)
+            lines.append(f"| {r['model']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {rs[0]['steps']} | "
+                         f"{r['paper_mse'] or '—'} | {seeds} | {r['wall_s_mean']:.0f} |")
         lines.append("")
     if "recall" in payload:
         lines += ["| length | vocabulary | model | steps × batch | test accuracy | test MSE | best step | wall (s) |",
@@ -285,14 +362,16 @@ def markdown(payload: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["nbody", "recall", "long", "all"], default="all")
+    ap.add_argument("--part", choices=["nbody", "ablation", "recall", "long", "all"], default="all")
+    ap.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     ap.add_argument("--tables", action="store_true", help="only print the README tables of <out>/accuracy.json")
     ap.add_argument("--quick", action="store_true", help="a smoke run of every part (seconds, meaningless numbers)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     ap.add_argument("--work", type=Path, default=None, help="runs and data (default: runs/accuracy, quick: <out>)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: nbody 600, recall 150)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--mixers", nargs="+", default=["hyena", "attention", "linear"], choices=list(LABELS))
+    ap.add_argument("--mixers", nargs="+", default=["hyena", "local", "attention", "egnn", "linear"],
+                    choices=list(LABELS))
     ap.add_argument("--nbody-lr", type=float, default=3e-3)
     ap.add_argument("--nbody-schedule", choices=["cosine", "constant"], default="cosine")
     ap.add_argument("--nbody-key", default="nbody", help="the results key of this n-body table (e.g. a second "
@@ -325,6 +404,9 @@ def main() -> None:
         if part == "nbody":
             args.steps = steps or (10 if args.quick else 600)
             payload[args.nbody_key] = run_nbody(args, work)
+        elif part == "ablation":
+            args.steps = steps or (10 if args.quick else 500)
+            payload["ablation"] = run_ablation(args, work, payload.get("ablation"))
         elif part == "recall":
             args.steps = steps or (3 if args.quick else 150)
             payload["recall"] = run_recall(args, work, payload.get("recall"))

@@ -1,6 +1,6 @@
 """Item 2: the longest sequence for one full training step (forward + backward + Adam) of the n-body model,
 with and without activation checkpointing and token-chunked MLPs, at sp = 1 and sp = 2, and the peak memory
-per token.
+per token. The ``+local4`` variants add the local geometric context (w = 4, DESIGN §2.4): what it costs.
 
 Every point runs in fresh processes (sp = 2: two gloo ranks under torchrun, each holding N/2 tokens), capped
 at ``--cap-gib`` in all (split evenly over the ranks), so "does not fit" means the allocator refused, not that
@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
 PAPER_FORWARD_TOKENS = 3_500_000  # one layer, forward only, 24 GB A10G (DESIGN §2)
-# name -> (activation checkpointing per block, token-chunked MLPs)
-VARIANTS = {"plain": (False, False), "checkpointing": (True, False), "mlp_chunks": (False, True),
-            "checkpointing+mlp_chunks": (True, True)}
+# name -> (activation checkpointing per block, token-chunked MLPs, local context window; DESIGN §2.4)
+VARIANTS = {"plain": (False, False, 0), "checkpointing": (True, False, 0), "mlp_chunks": (False, True, 0),
+            "checkpointing+mlp_chunks": (True, True, 0), "mlp_chunks+local4": (False, True, 4),
+            "checkpointing+mlp_chunks+local4": (True, True, 4)}
 
 
 def measure(point: dict) -> dict | None:
@@ -46,7 +47,8 @@ def measure(point: dict) -> dict | None:
     harness.cap_memory(point["cap_bytes"] // sp)
     torch.manual_seed(0)
     model = SE3HyenaModel(HyenaConfig(activation_checkpointing=point["checkpointing"],
-                                      mlp_token_chunk=point["token_chunk"]), mesh)
+                                      mlp_token_chunk=point["token_chunk"],
+                                      local_window=point.get("local_window", 0)), mesh)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
     n = point["n"] // sp
     base = harness.rss_bytes()
@@ -108,10 +110,11 @@ def main() -> None:
     runs: list[dict] = json.loads(previous.read_text())["runs"] if args.keep and previous.exists() else []
     for sp in args.sp:
         for variant in args.variants:
-            ckpt, chunk = VARIANTS[variant]
+            ckpt, chunk, window = VARIANTS[variant]
             for n in args.sizes:
                 point = {"variant": variant, "sp": sp, "n": n, "checkpointing": ckpt, "cap_bytes": cap,
-                         "threads": args.threads, "token_chunk": args.token_chunk if chunk else None}
+                         "threads": args.threads, "token_chunk": args.token_chunk if chunk else None,
+                         "local_window": window}
                 r = harness.run_point(__file__, point, args.timeout, ranks=sp)
                 runs.append(r)
                 report(runs, cap, args.out)  # after every point: a long run stopped early still leaves its results
