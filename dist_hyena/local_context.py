@@ -36,12 +36,11 @@ def extend_sequence(t: torch.Tensor, window: int, mode: str) -> torch.Tensor:
     """One process's halo: ``[B, N, F] -> [B, w + N + R, F]``, row k the token a - w + k (a = 0; mod N when
     ``circular``, R = w; zeros before the first token when ``causal``, R = 0)."""
     n = t.shape[1]
-    right = window if mode == "circular" else 0
-    index = torch.arange(-window, n + right, device=t.device)
-    if mode == "circular":
-        return t[:, index % n]
-    ext = t[:, index.clamp_min(0)]
-    return ext * (index >= 0).to(t.dtype)[None, :, None]
+    if mode == "causal":
+        return torch.cat([t.new_zeros(t.shape[0], window, *t.shape[2:]), t], dim=1)
+    if window <= n:  # slices: nothing kept for backward (an index would be, 8 bytes a token)
+        return torch.cat([t[:, n - window :], t, t[:, :window]], dim=1)
+    return t[:, torch.arange(-window, n + window, device=t.device) % n]
 
 
 class LocalContext(nn.Module):
