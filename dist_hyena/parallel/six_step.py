@@ -71,23 +71,34 @@ class SixStepPlan:
         return _twiddles(self.q, self.m, self.m_start, self.pieces[self.mesh.sp_rank], dtype, device)
 
 
+def _fft(t: torch.Tensor, dim: int, n: int | None = None, inverse: bool = False) -> torch.Tensor:
+    """torch.fft.fft / ifft, also on an empty piece (a rank's share of the m axis is empty when N < P²), which
+    MKL refuses: zeros of the transform's shape, still joined to the graph so that every rank's backward runs
+    the same collectives."""
+    if t.numel():
+        return (torch.fft.ifft if inverse else torch.fft.fft)(t, n=n, dim=dim)
+    shape = list(t.shape)
+    shape[dim] = n or shape[dim]
+    return t.new_zeros(shape, dtype=torch.promote_types(t.dtype, torch.complex64)) + 0 * t.sum()
+
+
 def distributed_fft(x: torch.Tensor, plan: SixStepPlan, layer: str = "") -> torch.Tensor:
     """Real token block ``[B, M, C]`` -> spectrum block ``[B, R, M, C]`` in scrambled order (complex)."""
     mesh, p = plan.mesh, plan.p
     cols = rows_to_columns(x.unsqueeze(1), [1] * p, plan.pieces, mesh, layer, "fft.rows_to_columns")
     twiddles = plan.twiddles(torch.promote_types(x.dtype, torch.complex64), x.device)
-    spec = _rank_major(torch.fft.fft(cols, n=plan.q, dim=1) * twiddles, p)
+    spec = _rank_major(_fft(cols, 1, n=plan.q) * twiddles, p)
     rows = columns_to_rows(spec, [plan.r] * p, plan.pieces, mesh, layer, "fft.columns_to_rows")
-    return torch.fft.fft(rows, dim=2)
+    return _fft(rows, 2)
 
 
 def distributed_ifft(spec: torch.Tensor, plan: SixStepPlan, layer: str = "") -> torch.Tensor:
     """Spectrum block ``[B, R, M, C]`` (scrambled) -> the real part of the inverse transform's first N
     samples, as this rank's token block ``[B, M, C]`` (scaled by 1/L like ``torch.fft.ifft``)."""
     mesh, p = plan.mesh, plan.p
-    rows = torch.fft.ifft(spec, dim=2)
+    rows = _fft(spec, 2, inverse=True)
     cols = rows_to_columns(rows, [plan.r] * p, plan.pieces, mesh, layer, "ifft.rows_to_columns")
     cols = _frequency_major(cols, p) * plan.twiddles(spec.dtype, spec.device).conj()
     # Only the first P blocks are wanted (causal keeps outputs < N), and only their real part.
-    signal = torch.fft.ifft(cols, dim=1)[:, :p].real
+    signal = _fft(cols, 1, inverse=True)[:, :p].real
     return columns_to_rows(signal, [1] * p, plan.pieces, mesh, layer, "ifft.columns_to_rows").squeeze(1)

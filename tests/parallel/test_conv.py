@@ -25,8 +25,9 @@ MODES = ("circular", "causal")
 
 
 def _lengths(strategy, p):
-    """Small N: for channels one divisible by P and one not; for fft divisible only."""
-    return [4 * p, 4 * p + 1] if strategy == "channels" else [4 * p, 5 * p]
+    """Small N: for channels one divisible by P and one not; for fft divisible only, N = P included (N < P²: some
+    ranks' pieces of the m axis are empty)."""
+    return [4 * p, 4 * p + 1] if strategy == "channels" else [4 * p, 5 * p, p]
 
 
 def _full_inputs(b, n, cv, d, dtype, seed):
