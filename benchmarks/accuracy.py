@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one math thread (benchmarks/README.md), read by the runtime too
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,17 +93,28 @@ ABLATIONS = {
 }
 
 
-def run_ablation(args, work: Path, previous: dict | None) -> dict:
-    """Every --ablations variant x --seeds; variants already in `previous` and not asked for again are kept."""
+def run_ablation(args, work: Path, payload: dict) -> dict:
+    """Every --ablations variant x --seeds. Runs already in `previous` at the same settings are kept and not run
+    again (a stopped campaign continues where it stopped)."""
     _, common = nbody_common(args, work)
-    runs = [r for r in (previous or {}).get("runs", []) if r["variant"] not in args.ablations]
+    previous = payload.get("ablation", {})
+    same = previous.get("settings", {}).get("steps") == args.steps
+    runs = previous.get("runs", []) if same else []
+    done = {(r["variant"], r["seed"]) for r in runs}
     for variant in args.ablations:
         for seed in args.seeds:
+            if (variant, seed) in done:
+                continue
             name = f"ablation_{variant}_s{seed}"
             r = train_run("nbody5.yaml", common + ABLATIONS[variant][1] + [f"run.name={name}", f"run.seed={seed}"])
             runs.append({"variant": variant, "seed": seed, **r, "test_mse": r["best"]["test_mse"]})
             print(f"[accuracy] {name}: test MSE {r['best']['test_mse']:.5f} at best val (step "
                   f"{r['best']['step']}), {r['wall_s']} s", flush=True)
+            harness.save("accuracy", {**payload, "ablation": ablation_payload(args, runs)}, args.out)
+    return ablation_payload(args, runs)
+
+
+def ablation_payload(args, runs: list[dict]) -> dict:
     table = []
     for variant in ABLATIONS:
         rs = [r for r in runs if r["variant"] == variant]
@@ -121,7 +134,8 @@ def run_nbody(args, work: Path) -> dict:
     every = max(1, args.steps // 10)
     # A model with its own budget (its config's steps, lr and schedule) shares only the data and the evaluation.
     own_budget = [o for o in common if o.split("=")[0] in ("run.out_dir", "data.path", "data.seed", "data.generate",
-                                                           "eval.test", "checkpoint.every", "checkpoint.keep")]
+                                                           "eval.test", "eval.batch_size", "checkpoint.every",
+                                                           "checkpoint.keep")]
     runs = []
     for mixer in args.mixers:
         for seed in args.seeds:
@@ -149,6 +163,26 @@ def run_nbody(args, work: Path) -> dict:
                 "widths": "paper's: invariant 8, equivariant 16, gating 8, 2 blocks", "seeds": args.seeds,
                 "data_seed": 0, "paper": PAPER_BUDGET["nbody"]}
     return {"settings": settings, "paper": PAPER_NBODY, "runs": runs, "table": table}
+
+
+def collect_runs(args, previous: dict | None) -> dict:
+    """The n-body rows of models trained by `launch/train.py` runs (``--run-dirs``, one per seed, all of one model:
+    ``--label``): each run's summary.json (test MSE at best validation) and config.json (seed, budget). Rows of
+    other labels in `previous` are kept."""
+    rows = {r["label"]: r for r in (previous or {}).get("rows", [])}
+    runs = []
+    for run_dir in args.run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        cfg = json.loads((run_dir / "config.json").read_text())
+        runs.append({"run_dir": str(run_dir), "seed": cfg["run"]["seed"], "steps": summary["steps"],
+                     "best_step": summary["best"]["step"], "val_mse": summary["best"]["val_mse"],
+                     "test_mse": summary["best"]["test_mse"], "last_loss": summary["last_loss"],
+                     "lr": cfg["optim"]["lr"], "schedule": cfg["optim"]["schedule"], "model": cfg["model"]})
+    mean, std = mean_std([r["test_mse"] for r in runs])
+    rows[args.label] = {"label": args.label, "command": args.command, "test_mse_mean": mean, "test_mse_std": std,
+                        "runs": runs}
+    return {"protocol": "test MSE at best validation; 5-body, 1000 / 2000 / 2000 systems (data/nbody5, seed 0)",
+            "rows": list(rows.values())}
 
 
 def recall_overrides(work: Path, length: int, variant: str, sizes: dict, args) -> list[str]:
@@ -208,45 +242,75 @@ def recall_references(length: int, variant: str, vocab: int, samples: int) -> di
             "value_mean_mse": float(np.mean(mse))}
 
 
-def run_long(args, work: Path, recall: dict | None) -> dict:
-    """Evaluate the recall SE(3)-Hyena models trained at the longest length on longer sequences."""
+def _sp_mesh():
+    """Under torchrun (WORLD_SIZE > 1): every rank one SP rank of one sample; else None (one process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    from dist_hyena.parallel import init_mesh
+    from dist_hyena.runtime import init_distributed
+
+    init_distributed()
+    import torch.distributed as dist
+
+    return init_mesh(sp=dist.get_world_size())
+
+
+def run_long(args, work: Path, payload: dict) -> dict:
+    """Evaluate trained recall models on longer sequences: those of `--run-dirs` (launch/train.py runs; their
+    config.json says the vocabulary and training length), else the recall part's SE(3)-Hyena models at its longest
+    length. Under torchrun each rank holds a token block of every sequence (sequence parallelism). Rows of other
+    (model, length, sp) points in `payload` are kept."""
     import torch
 
     from dist_hyena.data import GeneratedRecall
     from dist_hyena.train.engine import recall_hits
     from dist_hyena.train.export import load_exported
 
-    if not recall:
-        raise SystemExit("--part long needs the recall results (run --part recall first, same --out)")
-    trained = [r for r in recall["runs"] if r["mixer"] == "hyena" and r["variant"] in args.variants]
-    top = max(r["n_tokens"] for r in trained)
-    rows = []
-    for run in (r for r in trained if r["n_tokens"] == top):
-        model = load_exported(run["model"])
+    models = []  # (label, exported model, variant, vocab, trained at)
+    for run_dir in args.run_dirs:
+        gen = json.loads((run_dir / "config.json").read_text())["data"]["generate"]
+        models.append((run_dir.name, run_dir / "model.pt", gen["variant"], gen["vocab_size"], gen["n_tokens"]))
+    if not models:
+        recall = payload.get("recall")
+        if not recall:
+            raise SystemExit("--part long needs --run-dirs or the recall results (run --part recall first, same --out)")
+        trained = [r for r in recall["runs"] if r["mixer"] == "hyena" and r["variant"] in args.variants]
+        top = max(r["n_tokens"] for r in trained)
+        models = [(f"recall_hyena_{r['variant']}_{top}", r["model"], r["variant"], args.vocab, top)
+                  for r in trained if r["n_tokens"] == top]
+    mesh = _sp_mesh()
+    sp = mesh.sp if mesh else 1
+    new = []
+    for label, path, variant, vocab, top in models:
+        model = load_exported(path, mesh=mesh)
         for length in args.eval_lengths:
-            src = GeneratedRecall(length, seed=0, sizes={"test": args.eval_samples}, vocab_size=args.vocab,
-                                  variant=run["variant"])
+            start, stop = mesh.token_block(length) if mesh else (0, length)
+            src = GeneratedRecall(length, seed=0, sizes={"test": args.eval_samples}, vocab_size=vocab, variant=variant)
             reader = src.reader("test")
             sse = hits = 0.0
             t0 = time.perf_counter()
             with torch.no_grad():
                 for i in range(args.eval_samples):
-                    b = {k: torch.as_tensor(v) for k, v in reader.read([i], 0, length).items()}
+                    b = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in reader.read([i], start, stop).items()}
                     pred, _ = model(b["x"], b["f"])
                     sse += (pred - b["y"]).square().sum().item()
-                    hits += recall_hits(pred, b["x"], b["y"]).sum().item()
-            ref = recall_references(length, run["variant"], args.vocab, args.eval_samples)
-            rows.append({"variant": run["variant"], "trained_at": top, "n_tokens": length,
-                         "value_guess_accuracy": ref["value_guess_accuracy"], "value_mean_mse": ref["value_mean_mse"],
-                         "samples": args.eval_samples, "mse": sse / (3 * args.eval_samples),
-                         "accuracy": hits / args.eval_samples, "chance": 1 / args.vocab,
-                         "seconds_per_sample": round((time.perf_counter() - t0) / args.eval_samples, 2),
-                         "attention_cross_tensor_gib": round(length**2 * 3 * 4 / harness.GIB, 1)})
-            print(f"[accuracy] long {run['variant']} trained at {top}, eval at {length}: accuracy "
-                  f"{rows[-1]['accuracy']:.3f}, MSE {rows[-1]['mse']:.3f}", flush=True)
-    return {"settings": {"protocol": f"trained at {top} tokens (the recall part's final checkpoint), evaluated at "
-                                     "longer lengths on fresh test sequences",
-                         "model": "final checkpoint (model.pt), not the best-validation one"}, "rows": rows}
+                    hits += recall_hits(pred, b["x"], b["y"], mesh.sp_group if mesh else None).sum().item()
+            ref = recall_references(length, variant, vocab, args.eval_samples)
+            new.append({"model": label, "variant": variant, "trained_at": top, "n_tokens": length, "sp": sp,
+                        "value_guess_accuracy": ref["value_guess_accuracy"], "value_mean_mse": ref["value_mean_mse"],
+                        "samples": args.eval_samples, "mse": sse / (3 * args.eval_samples),
+                        "accuracy": hits / args.eval_samples, "chance": 1 / vocab,
+                        "seconds_per_sample": round((time.perf_counter() - t0) / args.eval_samples, 2),
+                        "attention_cross_tensor_gib": round(length**2 * 3 * 4 / harness.GIB, 1)})
+            if mesh is None or mesh.rank == 0:
+                print(f"[accuracy] long {label} ({variant}) trained at {top}, eval at {length} (sp {sp}): accuracy "
+                      f"{new[-1]['accuracy']:.3f}, MSE {new[-1]['mse']:.3f}", flush=True)
+    fresh = {(r["model"], r["n_tokens"], r["sp"]) for r in new}
+    kept = [r for r in payload.get("long", {}).get("rows", []) if (r.get("model"), r["n_tokens"], r.get("sp", 1))
+            not in fresh]
+    return {"settings": {"protocol": "trained at the model's length, evaluated at longer lengths on fresh test "
+                                     "sequences (sp > 1: sequence-parallel ranks under torchrun)",
+                         "model": "final checkpoint (model.pt), not the best-validation one"}, "rows": kept + new}
 
 
 def plot(payload: dict, path: Path) -> None:
@@ -328,7 +392,16 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {r['change']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {len(r['seeds'])} | "
                          f"{r['train_loss_last']:.4f} | {r['wall_s_mean']:.0f} |")
         lines.append("")
-    for key in (k for k in payload if k.startswith("nbody")):
+    if "nbody_runs" in payload:
+        lines += ["| model (launch/train.py runs) | test MSE at best val (mean ± std) | per seed | steps | "
+                  "best steps |",
+                  "|---|---|---|---|---|"]
+        for r in payload["nbody_runs"]["rows"]:
+            per = ", ".join(f"{x['test_mse']:.4f}" for x in r["runs"])
+            lines.append(f"| {r['label']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {per} | "
+                         f"{r['runs'][0]['steps']} | {', '.join(str(x['best_step']) for x in r['runs'])} |")
+        lines.append("")
+    for key in (k for k in payload if k.startswith("nbody") and k != "nbody_runs"):
         nb = payload[key]
         lines += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "",
                   f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds) | steps | "
@@ -351,10 +424,11 @@ def markdown(payload: dict) -> str:
                          f"their mean | — | {r['value_guess_accuracy']:.3f} | {r['value_mean_mse']:.3f} | — | — |")
         lines.append("")
     if "long" in payload:
-        lines += ["| vocabulary | trained at | evaluated at | samples | accuracy | no-retrieval guess | 1/vocab | "
-                  "MSE | value-mean MSE | s / sample |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| model | vocabulary | trained at | evaluated at | sp | samples | accuracy | no-retrieval guess | "
+                  "1/vocab | MSE | value-mean MSE | s / sample |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in payload["long"]["rows"]:
-            lines.append(f"| {r['variant']} | {r['trained_at']} | {r['n_tokens']} | {r['samples']} | "
+            lines.append(f"| {r.get('model', '')} | {r['variant']} | {r['trained_at']} | {r['n_tokens']} | "
+                         f"{r.get('sp', 1)} | {r['samples']} | "
                          f"{r['accuracy']:.3f} | {r['value_guess_accuracy']:.3f} | {r['chance']:.2f} | "
                          f"{r['mse']:.3f} | {r['value_mean_mse']:.3f} | {r['seconds_per_sample']} |")
     return "\n".join(lines)
@@ -362,7 +436,10 @@ def markdown(payload: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["nbody", "ablation", "recall", "long", "all"], default="all")
+    ap.add_argument("--part", choices=["nbody", "ablation", "collect", "recall", "long", "all"], default="all")
+    ap.add_argument("--run-dirs", type=Path, nargs="+", default=[], help="collect: launch/train.py run folders")
+    ap.add_argument("--label", default="", help="collect: the model these runs train (a row of the table)")
+    ap.add_argument("--command", default="", help="collect: the command that trained them (recorded)")
     ap.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     ap.add_argument("--tables", action="store_true", help="only print the README tables of <out>/accuracy.json")
     ap.add_argument("--quick", action="store_true", help="a smoke run of every part (seconds, meaningless numbers)")
@@ -387,9 +464,10 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=16)
     args = ap.parse_args()
     harness.set_threads(1)
-    out = args.out or harness.RESULTS
+    out = args.out = args.out or harness.RESULTS
     if args.quick:
         args.seeds, args.lengths, args.eval_lengths, args.eval_samples = [0], [16], [16, 64], 2
+        args.mixers = [m for m in args.mixers if m != "attention"]  # the attention's own tests cover it
         args.batch, args.hidden = 8, 4
     work = args.work or (out / "accuracy_work" if args.quick else harness.ROOT / "runs" / "accuracy")
     path = out / "accuracy.json"
@@ -406,20 +484,24 @@ def main() -> None:
             payload[args.nbody_key] = run_nbody(args, work)
         elif part == "ablation":
             args.steps = steps or (10 if args.quick else 500)
-            payload["ablation"] = run_ablation(args, work, payload.get("ablation"))
+            payload["ablation"] = run_ablation(args, work, payload)
+        elif part == "collect":
+            payload["nbody_runs"] = collect_runs(args, payload.get("nbody_runs"))
         elif part == "recall":
             args.steps = steps or (3 if args.quick else 150)
             payload["recall"] = run_recall(args, work, payload.get("recall"))
         else:
-            payload["long"] = run_long(args, work, payload.get("recall"))
+            payload["long"] = run_long(args, work, payload)
         args.steps = steps
         if "recall" in payload:  # the no-retrieval references of every (length, vocabulary) trained
             firsts = {(r["n_tokens"], r["variant"]): r for r in reversed(payload["recall"]["runs"])}
             payload["recall"]["references"] = [recall_references(n, v, args.vocab, r["splits"]["test"])
                                                for (n, v), r in sorted(firsts.items())]
-        harness.save("accuracy", payload, out)  # after every part: a stopped session keeps what it measured
-    plot(payload, out / "accuracy.png")
-    print(markdown(payload))
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun (--part long, sp > 1) rank 0 writes
+            harness.save("accuracy", payload, out)  # after every part: a stopped session keeps what it measured
+    if int(os.environ.get("RANK", "0")) == 0:
+        plot(payload, out / "accuracy.png")
+        print(markdown(payload))
 
 
 if __name__ == "__main__":
