@@ -114,7 +114,8 @@ class LocalContext(nn.Module):
         parts = ([pos.flatten(2)] if self.p else []) + [x.flatten(2), f]
         ext = self._extend(torch.cat(parts, dim=-1), counts)
         start = 0 if self.mesh is None else sum(counts[: self.mesh.sp_rank])
-        chunk = self.token_chunk
+        # token_chunk counts rows of the MLPs; here a token has T pairs, so a chunk holds token_chunk / T tokens.
+        chunk = None if self.token_chunk is None else max(1, self.token_chunk // len(self.offsets))
         if chunk is None or chunk >= n:
             return self.messages(ext, start)
         halo = ext.shape[1] - n
