@@ -61,7 +61,7 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         assert all(s["tokens_per_s"] > 0 for s in payload["step_consumption_per_rank"])
         assert payload["pipelined"]["steps"] >= 2
     if name == "accuracy":  # every run went through the trainer and reports its metrics at best validation
-        assert {r["mixer"] for r in payload["nbody"]["table"]} == {"hyena", "attention", "linear"}
+        assert {r["mixer"] for r in payload["nbody"]["table"]} == {"hyena", "local", "egnn", "linear"}
         assert all(r["test_mse"] > 0 and r["best"]["step"] >= 1 for r in payload["nbody"]["runs"])
         assert {(r["mixer"], r["variant"]) for r in payload["recall"]["runs"]} == {
             (m, v) for m in ("hyena", "attention") for v in ("random", "fixed")}
