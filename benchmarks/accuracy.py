@@ -165,24 +165,41 @@ def run_nbody(args, work: Path) -> dict:
     return {"settings": settings, "paper": PAPER_NBODY, "runs": runs, "table": table}
 
 
-def collect_runs(args, previous: dict | None) -> dict:
-    """The n-body rows of models trained by `launch/train.py` runs (``--run-dirs``, one per seed, all of one model:
-    ``--label``): each run's summary.json (test MSE at best validation) and config.json (seed, budget). Rows of
-    other labels in `previous` are kept."""
-    rows = {r["label"]: r for r in (previous or {}).get("rows", [])}
+COLLECT_PROTOCOL = {
+    "nbody_runs": "test MSE at best validation; 5-body, 1000 / 2000 / 2000 systems (data/nbody5, seed 0)",
+    "recall_runs": "test accuracy and MSE at best validation; generated recall (data seed 0), references: the "
+                   "no-retrieval guess of a value of the sequence and the MSE of predicting their mean",
+}
+
+
+def collect_runs(args, payload: dict) -> tuple[str, dict]:
+    """The rows of models trained by `launch/train.py` runs (``--run-dirs``, one per seed, all of one model and
+    task: ``--label``): each run's summary.json (test metrics at best validation) and config.json (seed, budget,
+    data). n-body runs go to ``nbody_runs``, recall runs to ``recall_runs``; rows of other labels are kept."""
     runs = []
     for run_dir in args.run_dirs:
         summary = json.loads((run_dir / "summary.json").read_text())
         cfg = json.loads((run_dir / "config.json").read_text())
+        best = summary["best"]
         runs.append({"run_dir": str(run_dir), "seed": cfg["run"]["seed"], "steps": summary["steps"],
-                     "best_step": summary["best"]["step"], "val_mse": summary["best"]["val_mse"],
-                     "test_mse": summary["best"]["test_mse"], "last_loss": summary["last_loss"],
-                     "lr": cfg["optim"]["lr"], "schedule": cfg["optim"]["schedule"], "model": cfg["model"]})
-    mean, std = mean_std([r["test_mse"] for r in runs])
-    rows[args.label] = {"label": args.label, "command": args.command, "test_mse_mean": mean, "test_mse_std": std,
-                        "runs": runs}
-    return {"protocol": "test MSE at best validation; 5-body, 1000 / 2000 / 2000 systems (data/nbody5, seed 0)",
-            "rows": list(rows.values())}
+                     "batch_size": cfg["train"]["batch_size"], "best_step": best["step"], "val_mse": best["val_mse"],
+                     "test_mse": best["test_mse"], "test_accuracy": best.get("test_accuracy"),
+                     "last_loss": summary["last_loss"], "lr": cfg["optim"]["lr"],
+                     "schedule": cfg["optim"]["schedule"], "model": cfg["model"], "data": cfg["data"]})
+    heads = {r["model"]["head"] for r in runs}
+    if len(heads) != 1:
+        raise SystemExit(f"--run-dirs mix tasks ({sorted(heads)}): collect one model of one task at a time")
+    key = "recall_runs" if heads == {"recall"} else "nbody_runs"
+    row = {"label": args.label, "command": args.command, "runs": runs}
+    row["test_mse_mean"], row["test_mse_std"] = mean_std([r["test_mse"] for r in runs])
+    if key == "recall_runs":
+        gen = runs[0]["data"]["generate"]
+        row["test_accuracy_mean"], row["test_accuracy_std"] = mean_std([r["test_accuracy"] for r in runs])
+        row.update(n_tokens=gen["n_tokens"], variant=gen["variant"], positions=gen.get("positions", "index"),
+                   reference=recall_references(gen["n_tokens"], gen["variant"], gen["vocab_size"], gen["test"]))
+    rows = {r["label"]: r for r in payload.get(key, {}).get("rows", [])}
+    rows[args.label] = row
+    return key, {"protocol": COLLECT_PROTOCOL[key], "rows": list(rows.values())}
 
 
 def recall_overrides(work: Path, length: int, variant: str, sizes: dict, args) -> list[str]:
@@ -266,26 +283,28 @@ def run_long(args, work: Path, payload: dict) -> dict:
     from dist_hyena.train.engine import recall_hits
     from dist_hyena.train.export import load_exported
 
-    models = []  # (label, exported model, variant, vocab, trained at)
+    models = []  # (label, exported model, variant, vocab, trained at, positions)
     for run_dir in args.run_dirs:
         gen = json.loads((run_dir / "config.json").read_text())["data"]["generate"]
-        models.append((run_dir.name, run_dir / "model.pt", gen["variant"], gen["vocab_size"], gen["n_tokens"]))
+        models.append((run_dir.name, run_dir / "model.pt", gen["variant"], gen["vocab_size"], gen["n_tokens"],
+                       gen.get("positions", "index")))
     if not models:
         recall = payload.get("recall")
         if not recall:
             raise SystemExit("--part long needs --run-dirs or the recall results (run --part recall first, same --out)")
         trained = [r for r in recall["runs"] if r["mixer"] == "hyena" and r["variant"] in args.variants]
         top = max(r["n_tokens"] for r in trained)
-        models = [(f"recall_hyena_{r['variant']}_{top}", r["model"], r["variant"], args.vocab, top)
+        models = [(f"recall_hyena_{r['variant']}_{top}", r["model"], r["variant"], args.vocab, top, "index")
                   for r in trained if r["n_tokens"] == top]
     mesh = _sp_mesh()
     sp = mesh.sp if mesh else 1
     new = []
-    for label, path, variant, vocab, top in models:
+    for label, path, variant, vocab, top, positions in models:
         model = load_exported(path, mesh=mesh)
         for length in args.eval_lengths:
             start, stop = mesh.token_block(length) if mesh else (0, length)
-            src = GeneratedRecall(length, seed=0, sizes={"test": args.eval_samples}, vocab_size=vocab, variant=variant)
+            src = GeneratedRecall(length, seed=0, sizes={"test": args.eval_samples}, vocab_size=vocab, variant=variant,
+                                  positions=positions)
             reader = src.reader("test")
             sse = hits = 0.0
             t0 = time.perf_counter()
@@ -296,7 +315,8 @@ def run_long(args, work: Path, payload: dict) -> dict:
                     sse += (pred - b["y"]).square().sum().item()
                     hits += recall_hits(pred, b["x"], b["y"], mesh.sp_group if mesh else None).sum().item()
             ref = recall_references(length, variant, vocab, args.eval_samples)
-            new.append({"model": label, "variant": variant, "trained_at": top, "n_tokens": length, "sp": sp,
+            new.append({"model": label, "variant": variant, "positions": positions, "trained_at": top,
+                        "n_tokens": length, "sp": sp,
                         "value_guess_accuracy": ref["value_guess_accuracy"], "value_mean_mse": ref["value_mean_mse"],
                         "samples": args.eval_samples, "mse": sse / (3 * args.eval_samples),
                         "accuracy": hits / args.eval_samples, "chance": 1 / vocab,
@@ -412,6 +432,17 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {r['model']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {rs[0]['steps']} | "
                          f"{r['paper_mse'] or '—'} | {seeds} | {r['wall_s_mean']:.0f} |")
         lines.append("")
+    if "recall_runs" in payload:
+        lines += ["| model (launch/train.py runs) | length | vocabulary | positions | test accuracy (mean ± std) | "
+                  "per seed | test MSE | steps × batch | no-retrieval guess / mean MSE |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in payload["recall_runs"]["rows"]:
+            per = ", ".join(f"{x['test_accuracy']:.3f}" for x in r["runs"])
+            ref = r["reference"]
+            lines.append(f"| {r['label']} | {r['n_tokens']} | {r['variant']} | {r['positions']} | "
+                         f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f} | {per} | "
+                         f"{r['test_mse_mean']:.3f} | {r['runs'][0]['steps']} × {r['runs'][0]['batch_size']} | "
+                         f"{ref['value_guess_accuracy']:.3f} / {ref['value_mean_mse']:.3f} |")
+        lines.append("")
     if "recall" in payload:
         lines += ["| length | vocabulary | model | steps × batch | test accuracy | test MSE | best step | wall (s) |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -486,7 +517,7 @@ def main() -> None:
             args.steps = steps or (10 if args.quick else 500)
             payload["ablation"] = run_ablation(args, work, payload)
         elif part == "collect":
-            payload["nbody_runs"] = collect_runs(args, payload.get("nbody_runs"))
+            key, payload[key] = collect_runs(args, payload)
         elif part == "recall":
             args.steps = steps or (3 if args.quick else 150)
             payload["recall"] = run_recall(args, work, payload.get("recall"))

@@ -36,6 +36,9 @@ class HyenaConfig:
     ``dist_hyena.local_context``) over the w sequence neighbours on each side (``causal``: before) before its
     operator; 0 is exactly the paper's model (same parameters, same outputs). ``local_hidden``: the width of its
     pair MLP (an ordinary MLP of invariants, far cheaper per unit of width than a Clifford MLP).
+    ``context_norm`` (default False, the paper's operator): the global context ``u`` is divided, per sample and
+    channel, by its root-mean-square over all tokens, so a context broadcast from one token and a mean over all
+    tokens keep their scale at every length (circular mode only: the norm reads every token).
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
@@ -62,6 +65,7 @@ class HyenaConfig:
     layer_norm: bool = True
     local_window: int = 0
     local_hidden: int = 64
+    context_norm: bool = False
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
@@ -86,6 +90,9 @@ class HyenaConfig:
         bad = [c for c in self.position_channels if not 0 <= c < self.vector_in]
         if bad:
             raise ValueError(f"HyenaConfig.position_channels {bad} out of range for vector_in={self.vector_in}")
+        if self.context_norm and self.conv_mode == "causal":
+            raise ValueError("HyenaConfig.context_norm normalises over every token of the sample, which a causal "
+                             "model must not read: use conv_mode='circular' or context_norm=False")
         if self.head == "nbody" and not self.position_channels:
             raise ValueError("the nbody head predicts positions: HyenaConfig.position_channels must name one")
 

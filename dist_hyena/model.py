@@ -63,8 +63,34 @@ def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
     return SequenceParallelConv(mesh, cfg.vector_width, cfg.scalar_width, cfg.conv_mode, cfg.sp_strategy)
 
 
+def token_mean(t: torch.Tensor, n_total: int, mesh=None) -> torch.Tensor:
+    """``[B, n, ...] -> [B, ...]``: the mean over all tokens of the sample, across the SP group. Accumulated and
+    returned in float64: a float32 sum of many far-from-origin positions would lose the digits that translation
+    invariance depends on."""
+    total = t.sum(dim=1, dtype=torch.float64)
+    if mesh is not None:
+        from .parallel import sp_all_reduce
+
+        total = sp_all_reduce(total, mesh)
+    return total / n_total
+
+
+def normalise_context(u_eqv: torch.Tensor, u_inv: torch.Tensor, n_total: int, mesh=None):
+    """Each context channel divided by its root-mean-square over the sample's tokens (``context_norm``): an
+    invariant per (sample, channel), so equivariance holds; the context of one token broadcast to all (1/N of it
+    reaches each) and a mean over all tokens then have the same scale at every length."""
+    ms_eqv = token_mean(u_eqv.square().sum(dim=-1), n_total, mesh)  # [B, Cv]
+    ms_inv = token_mean(u_inv.square(), n_total, mesh)  # [B, D]
+    scale_eqv, scale_inv = ((m + _CONTEXT_EPS).rsqrt().to(u_eqv.dtype) for m in (ms_eqv, ms_inv))
+    return u_eqv * scale_eqv[:, None, :, None], u_inv * scale_inv[:, None]
+
+
+_CONTEXT_EPS = 1e-12
+
+
 class HyenaOperator(nn.Module):
-    """The paper's Algorithm 1 on the residual stream (vectors ``[B, n, Cv, 3]``, scalars ``[B, n, D]``)."""
+    """The paper's Algorithm 1 on the residual stream (vectors ``[B, n, Cv, 3]``, scalars ``[B, n, D]``).
+    ``n_total``: the sample's token count over all SP ranks (read by ``context_norm`` only)."""
 
     def __init__(self, cfg: HyenaConfig, mesh=None):
         super().__init__()
@@ -74,8 +100,9 @@ class HyenaOperator(nn.Module):
         self.gate = mlp(cfg, cv, d, 0, cv + d, cfg.gate_width)
         self.project_out = mlp(cfg, cv, d, cv, d)
         self.context = _global_context(cfg, mesh)
+        self.context_norm, self.mesh = cfg.context_norm, mesh
 
-    def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, f: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         vectors, scalars = self.project_in(x, f)
         q_eqv, k_eqv, v_eqv = vectors.chunk(3, dim=2)
         q_inv, k_inv, v_inv = scalars.chunk(3, dim=2)
@@ -83,6 +110,8 @@ class HyenaOperator(nn.Module):
             u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv)
         else:
             u_eqv, u_inv = self.context(q_eqv, k_eqv, q_inv, k_inv)
+        if self.context_norm:
+            u_eqv, u_inv = normalise_context(u_eqv, u_inv, n_total or x.shape[1], self.mesh)
         # The gates read only the scalar blade, so they are invariant and keep u_eqv equivariant.
         _, gates = self.gate(x, f)
         u_eqv = torch.sigmoid(gates[..., : self.cv, None]) * u_eqv
@@ -110,7 +139,7 @@ class HyenaBlock(nn.Module):
         if hasattr(self, "local"):
             dx, df = self.local(x, f, pos, counts or [x.shape[1]])
             x, f = x + dx, f + df
-        dx, df = self.operator(x, f)
+        dx, df = self.operator(x, f, sum(counts) if counts else x.shape[1])
         x, f = x + dx, f + df
         dx, df = self.mlp(x, f)
         return x + dx, f + df
@@ -164,17 +193,6 @@ class SE3HyenaModel(nn.Module):
             if isinstance(module, VectorScalarMLP | LocalContext):
                 module.token_chunk = cfg.mlp_token_chunk
 
-    def _token_mean(self, t: torch.Tensor, n_total: int) -> torch.Tensor:
-        """``[B, n, ...] -> [B, ...]``: the mean over all tokens of the sample, across the SP group.
-        Accumulated and returned in float64: a float32 sum of many far-from-origin positions would lose the
-        digits that translation invariance depends on."""
-        total = t.sum(dim=1, dtype=torch.float64)
-        if self.mesh is not None:
-            from .parallel import sp_all_reduce
-
-            total = sp_all_reduce(total, self.mesh)
-        return total / n_total
-
     def _token_counts(self, n_local: int, device: torch.device) -> list[int]:
         """Every SP rank's token count (one process: ``[n_local]``); on the input's device, as NCCL needs."""
         if self.mesh is None:
@@ -189,7 +207,7 @@ class SE3HyenaModel(nn.Module):
         pos = list(cfg.position_channels)
         centroid = None
         if pos:
-            centroid = self._token_mean(x[:, :, pos], n_total)  # [B, P, 3]
+            centroid = token_mean(x[:, :, pos], n_total, self.mesh)  # [B, P, 3]
             x = subtract_centroid(x, pos, centroid)
         geometry = (x[:, :, pos] if pos and cfg.local_window else None, counts)
         h_x, h_f = self.embed_in(x, f)
@@ -199,7 +217,7 @@ class SE3HyenaModel(nn.Module):
             else:
                 h_x, h_f = block(h_x, h_f, *geometry)
         if cfg.head == "recall":
-            h_x, h_f = (self._token_mean(h, n_total)[:, None].to(h.dtype) for h in (h_x, h_f))
+            h_x, h_f = (token_mean(h, n_total, self.mesh)[:, None].to(h.dtype) for h in (h_x, h_f))
         out_x, out_f = self.head(h_x, h_f)
         if cfg.head == "recall":
             return out_x[:, 0], out_f[:, 0]

@@ -18,7 +18,7 @@ import numpy as np
 
 from dist_hyena.data import store
 from dist_hyena.data.layout import SPLITS
-from dist_hyena.data.recall_task import POSITION_DIM, RecallTask, position_encoding
+from dist_hyena.data.recall_task import POSITION_DIM, RecallTask, invariant_input
 from dist_hyena.data.store import DataError
 
 _CACHE_BYTES = 256 * 2**20
@@ -53,7 +53,8 @@ class StoreReader:
         tokens = self._gather("tokens", indices, (slice(t0, t1), slice(None)))
         return {
             "x": tokens[:, :, None],
-            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
+            "f": np.broadcast_to(invariant_input(m["n_tokens"], m["position_encoding"].get("of", "index"), t0, t1),
+                                 (len(indices), t1 - t0, POSITION_DIM)),
             "y": self._gather("target", indices, (slice(None),))[:, None],
         }
 
@@ -109,8 +110,9 @@ class GeneratedRecall:
         sizes: dict[str, int] | None = None,
         vocab_size: int = 4,
         variant: str = "random",
+        positions: str = "index",
     ):
-        self.task = RecallTask(n_tokens, seed, vocab_size, variant)
+        self.task = RecallTask(n_tokens, seed, vocab_size, variant, positions)
         sizes = sizes or {"train": 2000, "val": 200, "test": 200}
         self.meta = {**self.task.attrs(), "seed": seed, "splits": dict(sizes)}
 
@@ -129,6 +131,6 @@ class _GeneratedRecallReader:
         samples = [self.task.sample(self.split, int(i)) for i in indices]
         return {
             "x": np.stack([s[0][t0:t1] for s in samples])[:, :, None],
-            "f": np.broadcast_to(position_encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
+            "f": np.broadcast_to(self.task.encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
             "y": np.stack([s[1] for s in samples])[:, None],
         }

@@ -7,6 +7,11 @@ key id maps to one value id. Variants: `random` draws a new vocabulary per seque
 `fixed` uses one vocabulary (from the dataset seed) and rotates each sequence at random.
 An even length starts with one zero-vector pad token (a zero vector is rotation-invariant
 and carries nothing), so any length >= 3 works and sequence-parallel splits stay even.
+
+The invariant input is a sinusoidal encoding of each token's index (`positions="index"`, the paper's) or of
+its distance to the query, N - 1 - i (`positions="from_end"`): then the query, its value's key and every
+token's role (key at even distance, value at odd) have the same encoding at every length, which is what a
+model trained at one length needs to read sequences 64x longer (docs/local-context.md, recall).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from dist_hyena.data.layout import ArraySpec, sample_rng
 
 VARIANTS = ("random", "fixed")
+POSITIONS = ("index", "from_end")
 POSITION_DIM = 16
 
 
@@ -51,19 +57,32 @@ def position_encoding(start: int, stop: int, dim: int = POSITION_DIM, base: floa
     return enc
 
 
+def invariant_input(n_tokens: int, positions: str, start: int, stop: int) -> np.ndarray:
+    """The invariant input of tokens [start, stop) of an n_tokens sequence: [stop - start, POSITION_DIM]
+    (read-only), the encoding of the index i or (``from_end``) of the distance N - 1 - i to the query."""
+    if positions == "index":
+        return position_encoding(start, stop)
+    last = n_tokens - 1
+    return position_encoding(last - stop + 1, last - start + 1)[::-1]
+
+
 class RecallTask:
     """Makes recall samples: tokens [b, N, 3] and target [b, 3]."""
 
     task = "recall"
 
-    def __init__(self, n_tokens: int, seed: int, vocab_size: int = 4, variant: str = "random"):
+    def __init__(self, n_tokens: int, seed: int, vocab_size: int = 4, variant: str = "random",
+                 positions: str = "index"):
         if n_tokens < 3:
             raise ValueError(f"n_tokens must be >= 3 (a pair and a query), got {n_tokens}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
         self.n_tokens, self.seed, self.vocab_size, self.variant = n_tokens, seed, vocab_size, variant
+        self.positions = positions
         # The fixed vocabulary depends on the seed only, never on split or sample.
         self.fixed_vocab = random_vocabulary(np.random.default_rng([seed, 1 << 20]), vocab_size)
 
@@ -71,13 +90,17 @@ class RecallTask:
         return {
             "task": self.task,
             "generator": "dist_hyena.data.recall_task",
-            "params": {"n_tokens": self.n_tokens, "vocab_size": self.vocab_size, "variant": self.variant},
+            "params": {"n_tokens": self.n_tokens, "vocab_size": self.vocab_size, "variant": self.variant,
+                       **({"positions": self.positions} if self.positions != "index" else {})},
             "n_tokens": self.n_tokens,
             "vector_in": 1,
             "scalar_in": POSITION_DIM,
             "token_order": "index",
-            "position_encoding": {"dim": POSITION_DIM, "base": 10000.0},
+            "position_encoding": {"dim": POSITION_DIM, "base": 10000.0, "of": self.positions},
         }
+
+    def encoding(self, start: int, stop: int) -> np.ndarray:
+        return invariant_input(self.n_tokens, self.positions, start, stop)
 
     def array_specs(self, tokens_per_chunk: int) -> list[ArraySpec]:
         return [

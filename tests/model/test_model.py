@@ -20,6 +20,8 @@ CONFIGS = {
     "nbody-linear-path-no-layer-norm": dict(linear_path=True, layer_norm=False),
     "nbody-no-global-mixer": dict(mixer="none"),
     "recall-hyena": RECALL,
+    "recall-context-norm-local": dict(RECALL, context_norm=True, local_window=1),
+    "nbody-context-norm": dict(context_norm=True),
     "recall-attention": dict(RECALL, mixer="attention", conv_mode="causal"),
 }
 
@@ -50,7 +52,8 @@ def test_equivariant_float64(name):
                            outputs=outputs_kind(cfg))
 
 
-@pytest.mark.parametrize("name", ["nbody-hyena-circular", "nbody-hyena-causal", "recall-hyena"])
+@pytest.mark.parametrize("name", ["nbody-hyena-circular", "nbody-hyena-causal", "recall-hyena",
+                                  "recall-context-norm-local"])
 def test_equivariant_float32_long_and_far(name):
     """N = 4096 tokens, translations of 1e3: relative error of float32 stays <= 1e-5."""
     model, cfg = make(CONFIGS[name], torch.float32)
@@ -175,6 +178,7 @@ def test_non_finite_inputs(bad):
         (dict(n_blocks=0), "n_blocks"),
         (dict(mlp_token_chunk=0), "mlp_token_chunk"),
         (dict(position_channels=(5,)), "position_channels"),
+        (dict(context_norm=True, conv_mode="causal"), "causal"),
     ],
 )
 def test_bad_config(kwargs, message):

@@ -1,7 +1,8 @@
 """SE3HyenaModel under sequence parallelism on real gloo ranks: outputs and every parameter
 gradient equal the one-process run on the same full sample, and equivariance holds sharded;
 also with the local geometric context (``local_window = w > 0``, DESIGN §2.4 and §3.6), whose
-halo exchange is proven here inside the model: uneven blocks, w past a block and past N.
+halo exchange is proven here inside the model: uneven blocks, w past a block and past N; and with the context
+normalised over the sample (``context_norm``, one all-reduce per block).
 
 Gradient convention (see dist_hyena.parallel.mappings): each rank's loss is its share of the
 global loss, parameter gradients are summed over the SP group (what DeepSpeed's mpu does).
@@ -23,6 +24,8 @@ HEADS = {
     "recall": dict(head="recall", vector_in=1, scalar_in=4, n_blocks=2, scalar_width=6, hidden_width=8,
                    position_channels=()),
 }
+# Local-context cases only: the recall model with the context normalised over the sample (an SP all-reduce).
+LOCAL_HEADS = {**HEADS, "recall-context-norm": dict(HEADS["recall"], context_norm=True)}
 
 
 def _cases(p):
@@ -50,6 +53,8 @@ def _local_cases(p):
         for mode in ("circular", "causal"):
             cases += [(head, "channels", mode, 2 * p + 1, 4, None, f64), (head, "fft", mode, p * p, p + 1, None, f64)]
     return cases + [("nbody", "channels", "causal", 3 * p + 1, 2, 2, f64),
+                    ("recall-context-norm", "channels", "circular", 3 * p + 1, 1, None, f64),
+                    ("recall-context-norm", "fft", "circular", p * p, 2, None, f64),
                     ("nbody", "channels", "circular", p + 1, p + 3, None, f64),
                     ("recall", "fft", "causal", p * p, p * p + 1, None, f64)]
 
@@ -78,7 +83,7 @@ def _models(cfg, mesh, dtype):
 def _parity(mesh, head, strategy, mode, n, dtype, window=0, chunk=None):
     """Max error of outputs and parameter gradients (relative in float32); and the norm of the local
     contexts' parameter gradients in the one-process run (0 without them; > 0 shows they take part)."""
-    cfg = HyenaConfig(**HEADS[head], conv_mode=mode, sp_strategy=strategy, local_window=window,
+    cfg = HyenaConfig(**LOCAL_HEADS[head], conv_mode=mode, sp_strategy=strategy, local_window=window,
                       mlp_token_chunk=chunk)
     full, sp = _models(cfg, mesh, dtype)
     x, f = _inputs(cfg, n, dtype, seed=n)
@@ -86,7 +91,7 @@ def _parity(mesh, head, strategy, mode, n, dtype, window=0, chunk=None):
     weights = _loss_weights(out_full, seed=1)
     sum(((o * w).sum() for o, w in zip(out_full, weights, strict=True))).backward()
     out_sp = sp(shard_sequence(x, mesh), shard_sequence(f, mesh))
-    if head == "nbody":  # per-token outputs: this rank's block of the loss
+    if cfg.head == "nbody":  # per-token outputs: this rank's block of the loss
         expected = [shard_sequence(o, mesh) for o in out_full]
         loss = sum((o * shard_sequence(w, mesh)).sum() for o, w in zip(out_sp, weights, strict=True))
     else:  # one output per sample, replicated on every SP rank: each holds 1/sp of its loss
