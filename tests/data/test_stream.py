@@ -101,6 +101,27 @@ def test_generated_recall_equals_the_store(recall_store):
     assert SMALL_RECALL["n_tokens"] == source.meta["n_tokens"]
 
 
+def test_positions_from_end_encode_the_distance_to_the_query(tmp_path):
+    """positions="from_end": token i carries the encoding of N - 1 - i (the query: 0) in the store and on the
+    fly alike, per SP block; the tokens and targets are those of the index encoding."""
+    from dist_hyena.data import generate_store
+
+    sizes = dict(SMALL_RECALL, n_tokens=12)
+    store = generate_store("recall", tmp_path / "store", seed=5, positions="from_end", **sizes)
+    source = GeneratedRecall(n_tokens=12, seed=5, sizes={"train": 12, "val": 4, "test": 4}, positions="from_end")
+    by_index = GeneratedRecall(n_tokens=12, seed=5, sizes={"train": 12, "val": 4, "test": 4})
+    for sp_rank in (0, 1):
+        a = _epoch(StreamingLoader(source, "train", 4, sp_rank=sp_rank, sp_size=2, shuffle=False))
+        _same_batches(a, _epoch(StreamingLoader(store, "train", 4, sp_rank=sp_rank, sp_size=2, shuffle=False)))
+        b = _epoch(StreamingLoader(by_index, "train", 4, sp_rank=sp_rank, sp_size=2, shuffle=False))
+        assert torch.equal(a[0]["x"], b[0]["x"]) and torch.equal(a[0]["y"], b[0]["y"])
+        first = 6 * sp_rank
+        expected = np.stack([position_encoding(11 - i, 12 - i)[0] for i in range(first, first + 6)])
+        assert torch.equal(a[0]["f"][1], torch.tensor(expected))
+    with pytest.raises(ValueError, match="positions"):
+        GeneratedRecall(n_tokens=12, positions="middle")
+
+
 def test_an_sp_rank_reads_only_its_token_chunks(manybody_store, tmp_path):
     # 12 tokens in chunks of 3; sp_size 4 gives rank 1 exactly token chunk 1
     loader = StreamingLoader(manybody_store, "train", batch_size=2, sp_rank=1, sp_size=4)
