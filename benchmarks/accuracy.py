@@ -272,6 +272,9 @@ def _sp_mesh():
     return init_mesh(sp=dist.get_world_size())
 
 
+LONG_TOKEN_CHUNK = 32768  # MLPs and local contexts run this many tokens at a time (exact; bounds the memory)
+
+
 def run_long(args, work: Path, payload: dict) -> dict:
     """Evaluate trained recall models on longer sequences: those of `--run-dirs` (launch/train.py runs; their
     config.json says the vocabulary and training length), else the recall part's SE(3)-Hyena models at its longest
@@ -300,7 +303,7 @@ def run_long(args, work: Path, payload: dict) -> dict:
     sp = mesh.sp if mesh else 1
     new = []
     for label, path, variant, vocab, top, positions in models:
-        model = load_exported(path, mesh=mesh)
+        model = load_exported(path, mesh=mesh, mlp_token_chunk=LONG_TOKEN_CHUNK)
         for length in args.eval_lengths:
             start, stop = mesh.token_block(length) if mesh else (0, length)
             src = GeneratedRecall(length, seed=0, sizes={"test": args.eval_samples}, vocab_size=vocab, variant=variant,

@@ -11,7 +11,9 @@ and carries nothing), so any length >= 3 works and sequence-parallel splits stay
 The invariant input is a sinusoidal encoding of each token's index (`positions="index"`, the paper's) or of
 its distance to the query, N - 1 - i (`positions="from_end"`): then the query, its value's key and every
 token's role (key at even distance, value at odd) have the same encoding at every length, which is what a
-model trained at one length needs to read sequences 64x longer (docs/local-context.md, recall).
+model trained at one length needs to read sequences 64x longer (docs/local-context.md, recall); or of the
+signed circular offset from token 0 (`positions="signed"`: i, or i - N in the second half), so that the offsets
+a circular convolution pairs, (i - j) mod N, have the same encoding at every length for |i - j| < N / 2.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from dist_hyena.data.layout import ArraySpec, sample_rng
 
 VARIANTS = ("random", "fixed")
-POSITIONS = ("index", "from_end")
+POSITIONS = ("index", "from_end", "signed")
 POSITION_DIM = 16
 
 
@@ -62,6 +64,11 @@ def invariant_input(n_tokens: int, positions: str, start: int, stop: int) -> np.
     (read-only), the encoding of the index i or (``from_end``) of the distance N - 1 - i to the query."""
     if positions == "index":
         return position_encoding(start, stop)
+    if positions == "signed":  # i for the first half, i - N for the second: the circular offset from token 0
+        half = (n_tokens + 1) // 2
+        parts = [position_encoding(a, b) for a, b in ((start, min(stop, half)), (max(start, half) - n_tokens,
+                                                                                 stop - n_tokens)) if b > a]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
     last = n_tokens - 1
     return position_encoding(last - stop + 1, last - start + 1)[::-1]
 

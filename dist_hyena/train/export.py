@@ -35,9 +35,10 @@ def export_checkpoint(root: str | Path, tag: str, model_cfg: HyenaConfig, out: s
     return out
 
 
-def load_exported(path: str | Path, mesh=None) -> SE3HyenaModel:  # or LinearBaseline (mixer='linear')
-    """The model saved by :func:`export_checkpoint`, in eval mode."""
+def load_exported(path: str | Path, mesh=None, **execution) -> SE3HyenaModel:  # or LinearBaseline (mixer='linear')
+    """The model saved by :func:`export_checkpoint`, in eval mode. ``execution``: config keys that change how,
+    not what, it computes (e.g. ``mlp_token_chunk`` for long sequences)."""
     saved = torch.load(Path(path), weights_only=True)
-    model = build_model(HyenaConfig(**saved["config"]), mesh=mesh)
+    model = build_model(HyenaConfig(**{**saved["config"], **execution}), mesh=mesh)
     model.load_state_dict(saved["state_dict"])
     return model.eval()

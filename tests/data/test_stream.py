@@ -122,6 +122,19 @@ def test_positions_from_end_encode_the_distance_to_the_query(tmp_path):
         GeneratedRecall(n_tokens=12, positions="middle")
 
 
+@pytest.mark.parametrize("n", [11, 12])
+def test_signed_positions_are_the_circular_offset_from_token_0(n):
+    """positions="signed": token i carries the encoding of i in the first half, of i - N in the second, in any
+    SP block; so the last token is -1 and the query's encoding is the same at every length."""
+    source = GeneratedRecall(n_tokens=n, seed=5, sizes={"train": 4, "val": 4, "test": 4}, positions="signed")
+    offsets = [i if i < (n + 1) // 2 else i - n for i in range(n)]
+    expected = np.stack([position_encoding(o, o + 1)[0] for o in offsets])
+    for sp_size in (1, 2, 3):
+        blocks = [_epoch(StreamingLoader(source, "train", 2, sp_rank=r, sp_size=sp_size))[0]["f"][0]
+                  for r in range(sp_size)]
+        assert torch.equal(torch.cat(blocks), torch.tensor(expected))
+
+
 def test_an_sp_rank_reads_only_its_token_chunks(manybody_store, tmp_path):
     # 12 tokens in chunks of 3; sp_size 4 gives rank 1 exactly token chunk 1
     loader = StreamingLoader(manybody_store, "train", batch_size=2, sp_rank=1, sp_size=4)
