@@ -383,12 +383,13 @@ def plot(payload: dict, path: Path) -> None:
             ax.set_ylabel("test accuracy at best validation")
             ax.set_title("associative recall")
         else:
-            for variant, marker in (("random", "o"), ("fixed", "s")):
-                rs = [r for r in payload["long"]["rows"] if r["variant"] == variant]
-                if rs:
-                    ax.plot([r["n_tokens"] for r in rs], [r["accuracy"] for r in rs], "-", marker=marker,
-                            label=f"SE(3)-Hyena, {variant} vocab (trained at {rs[0]['trained_at']})")
             rows = payload["long"]["rows"]
+            for label in dict.fromkeys(r.get("model", r["variant"]) for r in rows):  # one line per trained model
+                rs = sorted((r for r in rows if r.get("model", r["variant"]) == label), key=lambda r: r["n_tokens"])
+                marker = "o" if rs[0]["variant"] == "random" else "s"
+                ax.plot([r["n_tokens"] for r in rs], [r["accuracy"] for r in rs], "-", marker=marker,
+                        label=f"{label} ({rs[0]['variant']}, {rs[0].get('positions', 'index')}, trained at "
+                              f"{rs[0]['trained_at']})")
             if rows:
                 ax.axhline(rows[0]["chance"], color="grey", lw=0.8, label="1 / vocab")
                 ax.axhline(statistics.fmean(r.get("value_guess_accuracy", 0) for r in rows), color="grey", ls=":",
@@ -458,10 +459,12 @@ def markdown(payload: dict) -> str:
                          f"their mean | — | {r['value_guess_accuracy']:.3f} | {r['value_mean_mse']:.3f} | — | — |")
         lines.append("")
     if "long" in payload:
-        lines += ["| model | vocabulary | trained at | evaluated at | sp | samples | accuracy | no-retrieval guess | "
-                  "1/vocab | MSE | value-mean MSE | s / sample |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| model | vocabulary | positions | trained at | evaluated at | sp | samples | accuracy | "
+                  "no-retrieval guess | 1/vocab | MSE | value-mean MSE | s / sample |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in payload["long"]["rows"]:
-            lines.append(f"| {r.get('model', '')} | {r['variant']} | {r['trained_at']} | {r['n_tokens']} | "
+            lines.append(f"| {r.get('model', '')} | {r['variant']} | {r.get('positions', 'index')} | "
+                         f"{r['trained_at']} | {r['n_tokens']} | "
                          f"{r.get('sp', 1)} | {r['samples']} | "
                          f"{r['accuracy']:.3f} | {r['value_guess_accuracy']:.3f} | {r['chance']:.2f} | "
                          f"{r['mse']:.3f} | {r['value_mean_mse']:.3f} | {r['seconds_per_sample']} |")
