@@ -13,7 +13,9 @@ its distance to the query, N - 1 - i (`positions="from_end"`): then the query, i
 token's role (key at even distance, value at odd) have the same encoding at every length, which is what a
 model trained at one length needs to read sequences 64x longer (docs/local-context.md, recall); or of the
 signed circular offset from token 0 (`positions="signed"`: i, or i - N in the second half), so that the offsets
-a circular convolution pairs, (i - j) mod N, have the same encoding at every length for |i - j| < N / 2.
+a circular convolution pairs, (i - j) mod N, have the same encoding at every length for |i - j| < N / 2; or
+(`positions="near_query"`) of the distance to the query clipped at QUERY_WINDOW plus its parity, so that no token
+of a longer sequence has an encoding unseen in training.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from dist_hyena.data.layout import ArraySpec, sample_rng
 
 VARIANTS = ("random", "fixed")
-POSITIONS = ("index", "from_end", "signed")
+POSITIONS = ("index", "from_end", "signed", "near_query")
 POSITION_DIM = 16
 
 
@@ -45,16 +47,36 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
+def sinusoids(i: np.ndarray, dim: int = POSITION_DIM, base: float = 10000.0) -> np.ndarray:
+    """Sinusoidal encoding of positions ``i`` (any reals) -> [len(i), dim] float32: pairs (sin, cos) of
+    i / base^(2k/dim)."""
+    i = np.asarray(i, dtype=np.float64)[:, None]
+    freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    enc = np.empty((len(i), dim))
+    enc[:, 0::2] = np.sin(i * freq)
+    enc[:, 1::2] = np.cos(i * freq)
+    return enc.astype(np.float32)
+
+
 @functools.lru_cache(maxsize=8)  # a loader asks for the same token block every batch
 def position_encoding(start: int, stop: int, dim: int = POSITION_DIM, base: float = 10000.0) -> np.ndarray:
     """Sinusoidal encoding of global token indices [start, stop) -> [stop - start, dim]
-    float32 (read-only: it is shared): pairs (sin, cos) of i / base^(2k/dim)."""
-    i = np.arange(start, stop, dtype=np.float64)[:, None]
-    freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
-    enc = np.empty((stop - start, dim))
-    enc[:, 0::2] = np.sin(i * freq)
-    enc[:, 1::2] = np.cos(i * freq)
-    enc = enc.astype(np.float32)
+    float32 (read-only: it is shared)."""
+    enc = sinusoids(np.arange(start, stop), dim, base)
+    enc.flags.writeable = False
+    return enc
+
+
+QUERY_WINDOW = 12  # near_query: distances to the query up to this are told apart, farther ones share one code
+
+
+@functools.lru_cache(maxsize=8)
+def near_query_encoding(n_tokens: int, start: int, stop: int) -> np.ndarray:
+    """``positions="near_query"`` (read-only): the distance d = N - 1 - i to the query, clipped at QUERY_WINDOW, in
+    POSITION_DIM - 2 sinusoids, then cos(pi d) and sin(pi d / 2) (a key's distance is even, a value's odd). Every token of every length has an encoding that a training length > QUERY_WINDOW already holds."""
+    d = n_tokens - 1 - np.arange(start, stop)
+    enc = np.concatenate([sinusoids(np.minimum(d, QUERY_WINDOW), POSITION_DIM - 2),
+                          np.stack([np.cos(np.pi * d), np.sin(np.pi * d / 2)], axis=1).astype(np.float32)], axis=1)
     enc.flags.writeable = False
     return enc
 
@@ -64,6 +86,8 @@ def invariant_input(n_tokens: int, positions: str, start: int, stop: int) -> np.
     (read-only), the encoding of the index i or (``from_end``) of the distance N - 1 - i to the query."""
     if positions == "index":
         return position_encoding(start, stop)
+    if positions == "near_query":
+        return near_query_encoding(n_tokens, start, stop)
     if positions == "signed":  # i for the first half, i - N for the second: the circular offset from token 0
         half = (n_tokens + 1) // 2
         parts = [position_encoding(a, b) for a, b in ((start, min(stop, half)), (max(start, half) - n_tokens,

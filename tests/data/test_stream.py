@@ -212,3 +212,18 @@ def test_batches_never_alias_cached_data(recall_store):
     first, second = _epoch(loader)[:2]
     first["f"].zero_()  # a model may work in place on its inputs
     assert torch.equal(second["f"][0], torch.tensor(position_encoding(0, 11)))
+
+
+def test_near_query_positions_hold_no_encoding_unseen_at_a_shorter_length():
+    """positions="near_query": every token of a 2048-token sequence has an encoding a 32-token one holds (the
+    distance to the query clipped at QUERY_WINDOW, and its parity), and the query's is unique."""
+    from dist_hyena.data.recall_task import QUERY_WINDOW, invariant_input
+
+    short, long = (invariant_input(n, "near_query", 0, n) for n in (32, 2048))
+    seen = {tuple(row) for row in short.round(6)}
+    assert all(tuple(row) in seen for row in long.round(6))
+    assert len(seen) == QUERY_WINDOW + 3  # d = 0 .. QUERY_WINDOW - 1, then the far codes: d even, d = 1 or 3 mod 4
+    assert not (long[:-1] == long[-1]).all(axis=1).any()
+    source = GeneratedRecall(n_tokens=12, seed=5, sizes={"train": 4, "val": 4, "test": 4}, positions="near_query")
+    blocks = [_epoch(StreamingLoader(source, "train", 2, sp_rank=r, sp_size=2))[0]["f"][0] for r in range(2)]
+    assert torch.equal(torch.cat(blocks), torch.tensor(invariant_input(12, "near_query", 0, 12)))
