@@ -10,6 +10,7 @@ from .ops import CONV_MODES
 HEADS = ("nbody", "recall")
 MIXERS = ("hyena", "attention", "sdpa", "none", "linear", "egnn")
 SP_STRATEGIES = ("auto", "channels", "fft")
+RECALL_READOUTS = ("mean", "query")
 
 
 @dataclass
@@ -39,6 +40,8 @@ class HyenaConfig:
     ``context_norm`` (default False, the paper's operator): the global context ``u`` is divided, per sample and
     channel, by its root-mean-square over all tokens, so a context broadcast from one token and a mean over all
     tokens keep their scale at every length (circular mode only: the norm reads every token).
+    ``recall_readout``: what the recall head reads, ``mean`` (the token mean, the paper's) or ``query`` (the
+    sample's last token, the query: a read-out whose weight does not fall as 1/N with the length).
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
@@ -66,11 +69,12 @@ class HyenaConfig:
     local_window: int = 0
     local_hidden: int = 64
     context_norm: bool = False
+    recall_readout: str = "mean"
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
         for name, allowed in (("head", HEADS), ("mixer", MIXERS), ("conv_mode", CONV_MODES),
-                              ("sp_strategy", SP_STRATEGIES)):
+                              ("sp_strategy", SP_STRATEGIES), ("recall_readout", RECALL_READOUTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"HyenaConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("n_blocks", "vector_width", "scalar_width", "hidden_width", "gate_width", "mlp_layers",

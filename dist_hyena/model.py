@@ -75,6 +75,17 @@ def token_mean(t: torch.Tensor, n_total: int, mesh=None) -> torch.Tensor:
     return total / n_total
 
 
+def last_token(t: torch.Tensor, mesh=None) -> torch.Tensor:
+    """``[B, n, ...] -> [B, ...]``: the sample's last token (global index N - 1, on the last SP rank), on every
+    rank (one all-reduce). The other ranks send their last token times 0, not a constant zero, so that their
+    backward still runs through the blocks' collectives, which every rank must join."""
+    if mesh is None or mesh.sp == 1:
+        return t[:, -1]
+    from .parallel import sp_all_reduce
+
+    return sp_all_reduce(t[:, -1] * float(mesh.sp_rank == mesh.sp - 1), mesh)
+
+
 def normalise_context(u_eqv: torch.Tensor, u_inv: torch.Tensor, n_total: int, mesh=None):
     """Each context channel divided by its root-mean-square over the sample's tokens (``context_norm``): an
     invariant per (sample, channel), so equivariance holds; the context of one token broadcast to all (1/N of it
@@ -217,7 +228,10 @@ class SE3HyenaModel(nn.Module):
             else:
                 h_x, h_f = block(h_x, h_f, *geometry)
         if cfg.head == "recall":
-            h_x, h_f = (token_mean(h, n_total, self.mesh)[:, None].to(h.dtype) for h in (h_x, h_f))
+            if cfg.recall_readout == "query":
+                h_x, h_f = (last_token(h, self.mesh)[:, None] for h in (h_x, h_f))
+            else:
+                h_x, h_f = (token_mean(h, n_total, self.mesh)[:, None].to(h.dtype) for h in (h_x, h_f))
         out_x, out_f = self.head(h_x, h_f)
         if cfg.head == "recall":
             return out_x[:, 0], out_f[:, 0]

@@ -22,6 +22,7 @@ CONFIGS = {
     "recall-hyena": RECALL,
     "recall-context-norm-local": dict(RECALL, context_norm=True, local_window=1),
     "nbody-context-norm": dict(context_norm=True),
+    "recall-query-readout": dict(RECALL, recall_readout="query", context_norm=True, local_window=1),
     "recall-attention": dict(RECALL, mixer="attention", conv_mode="causal"),
 }
 
@@ -179,6 +180,7 @@ def test_non_finite_inputs(bad):
         (dict(mlp_token_chunk=0), "mlp_token_chunk"),
         (dict(position_channels=(5,)), "position_channels"),
         (dict(context_norm=True, conv_mode="causal"), "causal"),
+        (dict(head="recall", recall_readout="first"), "recall_readout"),
     ],
 )
 def test_bad_config(kwargs, message):

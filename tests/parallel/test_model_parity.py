@@ -2,7 +2,7 @@
 gradient equal the one-process run on the same full sample, and equivariance holds sharded;
 also with the local geometric context (``local_window = w > 0``, DESIGN §2.4 and §3.6), whose
 halo exchange is proven here inside the model: uneven blocks, w past a block and past N; and with the context
-normalised over the sample (``context_norm``, one all-reduce per block).
+normalised over the sample (``context_norm``, one all-reduce per block) and the recall head reading the query token.
 
 Gradient convention (see dist_hyena.parallel.mappings): each rank's loss is its share of the
 global loss, parameter gradients are summed over the SP group (what DeepSpeed's mpu does).
@@ -25,7 +25,8 @@ HEADS = {
                    position_channels=()),
 }
 # Local-context cases only: the recall model with the context normalised over the sample (an SP all-reduce).
-LOCAL_HEADS = {**HEADS, "recall-context-norm": dict(HEADS["recall"], context_norm=True)}
+LOCAL_HEADS = {**HEADS, "recall-context-norm": dict(HEADS["recall"], context_norm=True),
+               "recall-query": dict(HEADS["recall"], context_norm=True, recall_readout="query")}
 
 
 def _cases(p):
@@ -55,6 +56,7 @@ def _local_cases(p):
     return cases + [("nbody", "channels", "causal", 3 * p + 1, 2, 2, f64),
                     ("recall-context-norm", "channels", "circular", 3 * p + 1, 1, None, f64),
                     ("recall-context-norm", "fft", "circular", p * p, 2, None, f64),
+                    ("recall-query", "channels", "circular", 2 * p + 1, 1, None, f64),
                     ("nbody", "channels", "circular", p + 1, p + 3, None, f64),
                     ("recall", "fft", "causal", p * p, p * p + 1, None, f64)]
 
