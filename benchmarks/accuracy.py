@@ -438,7 +438,8 @@ def markdown(payload: dict) -> str:
         lines.append("")
     if "recall_runs" in payload:
         lines += ["| model (launch/train.py runs) | length | vocabulary | positions | test accuracy (mean ± std) | "
-                  "per seed | test MSE | steps × batch | no-retrieval guess / mean MSE |", "|---|---|---|---|---|---|---|---|---|"]
+                  "per seed | test MSE | steps × batch | no-retrieval guess / mean MSE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in payload["recall_runs"]["rows"]:
             per = ", ".join(f"{x['test_accuracy']:.3f}" for x in r["runs"])
             ref = r["reference"]

@@ -86,6 +86,9 @@ def last_token(t: torch.Tensor, mesh=None) -> torch.Tensor:
     return sp_all_reduce(t[:, -1] * float(mesh.sp_rank == mesh.sp - 1), mesh)
 
 
+_CONTEXT_EPS = 1e-12
+
+
 def normalise_context(u_eqv: torch.Tensor, u_inv: torch.Tensor, n_total: int, mesh=None):
     """Each context channel divided by its root-mean-square over the sample's tokens (``context_norm``): an
     invariant per (sample, channel), so equivariance holds; the context of one token broadcast to all (1/N of it
@@ -94,9 +97,6 @@ def normalise_context(u_eqv: torch.Tensor, u_inv: torch.Tensor, n_total: int, me
     ms_inv = token_mean(u_inv.square(), n_total, mesh)  # [B, D]
     scale_eqv, scale_inv = ((m + _CONTEXT_EPS).rsqrt().to(u_eqv.dtype) for m in (ms_eqv, ms_inv))
     return u_eqv * scale_eqv[:, None, :, None], u_inv * scale_inv[:, None]
-
-
-_CONTEXT_EPS = 1e-12
 
 
 class HyenaOperator(nn.Module):
@@ -113,7 +113,8 @@ class HyenaOperator(nn.Module):
         self.context = _global_context(cfg, mesh)
         self.context_norm, self.mesh = cfg.context_norm, mesh
 
-    def forward(self, x: torch.Tensor, f: torch.Tensor, n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, f: torch.Tensor,
+                n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         vectors, scalars = self.project_in(x, f)
         q_eqv, k_eqv, v_eqv = vectors.chunk(3, dim=2)
         q_inv, k_inv, v_inv = scalars.chunk(3, dim=2)

@@ -8,14 +8,12 @@ key id maps to one value id. Variants: `random` draws a new vocabulary per seque
 An even length starts with one zero-vector pad token (a zero vector is rotation-invariant
 and carries nothing), so any length >= 3 works and sequence-parallel splits stay even.
 
-The invariant input is a sinusoidal encoding of each token's index (`positions="index"`, the paper's) or of
-its distance to the query, N - 1 - i (`positions="from_end"`): then the query, its value's key and every
-token's role (key at even distance, value at odd) have the same encoding at every length, which is what a
-model trained at one length needs to read sequences 64x longer (docs/local-context.md, recall); or of the
-signed circular offset from token 0 (`positions="signed"`: i, or i - N in the second half), so that the offsets
-a circular convolution pairs, (i - j) mod N, have the same encoding at every length for |i - j| < N / 2; or
-(`positions="near_query"`) of the distance to the query clipped at QUERY_WINDOW plus its parity, so that no token
-of a longer sequence has an encoding unseen in training.
+The invariant input is a 16-d sinusoidal encoding (`positions`) of each token's index i (`index`, the paper's),
+of its distance to the query N - 1 - i (`from_end`), of its signed circular offset from token 0, i or i - N in
+the second half (`signed`: the offsets a circular convolution pairs, (i - j) mod N, then have the same encoding
+at every length for |i - j| < N / 2), or of its distance to the query clipped at QUERY_WINDOW plus its parity
+(`near_query`: no token of a longer sequence has an encoding unseen at a shorter one). What each does for a
+model read at other lengths than its training length: benchmarks/README.md §7.
 """
 
 from __future__ import annotations
@@ -73,7 +71,8 @@ QUERY_WINDOW = 12  # near_query: distances to the query up to this are told apar
 @functools.lru_cache(maxsize=8)
 def near_query_encoding(n_tokens: int, start: int, stop: int) -> np.ndarray:
     """``positions="near_query"`` (read-only): the distance d = N - 1 - i to the query, clipped at QUERY_WINDOW, in
-    POSITION_DIM - 2 sinusoids, then cos(pi d) and sin(pi d / 2) (a key's distance is even, a value's odd). Every token of every length has an encoding that a training length > QUERY_WINDOW already holds."""
+    POSITION_DIM - 2 sinusoids, then cos(pi d) and sin(pi d / 2) (a key's distance is even, a value's odd).
+    Every token of every length has an encoding that a training length > QUERY_WINDOW already holds."""
     d = n_tokens - 1 - np.arange(start, stop)
     enc = np.concatenate([sinusoids(np.minimum(d, QUERY_WINDOW), POSITION_DIM - 2),
                           np.stack([np.cos(np.pi * d), np.sin(np.pi * d / 2)], axis=1).astype(np.float32)], axis=1)
@@ -82,8 +81,8 @@ def near_query_encoding(n_tokens: int, start: int, stop: int) -> np.ndarray:
 
 
 def invariant_input(n_tokens: int, positions: str, start: int, stop: int) -> np.ndarray:
-    """The invariant input of tokens [start, stop) of an n_tokens sequence: [stop - start, POSITION_DIM]
-    (read-only), the encoding of the index i or (``from_end``) of the distance N - 1 - i to the query."""
+    """The invariant input of tokens [start, stop) of an n_tokens sequence under the encoding ``positions``
+    (one of POSITIONS, see the module docstring): [stop - start, POSITION_DIM], read-only."""
     if positions == "index":
         return position_encoding(start, stop)
     if positions == "near_query":
