@@ -148,10 +148,11 @@ class HyenaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, f: torch.Tensor, pos: torch.Tensor | None = None,
                 counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = counts or [x.shape[1]]
         if hasattr(self, "local"):
-            dx, df = self.local(x, f, pos, counts or [x.shape[1]])
+            dx, df = self.local(x, f, pos, counts)
             x, f = x + dx, f + df
-        dx, df = self.operator(x, f, sum(counts) if counts else x.shape[1])
+        dx, df = self.operator(x, f, sum(counts))
         x, f = x + dx, f + df
         dx, df = self.mlp(x, f)
         return x + dx, f + df
