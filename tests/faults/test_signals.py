@@ -98,10 +98,13 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_exact(tmp_path):
     steps = 12
     run = small_run_overrides(tmp_path, "x") + [f"train.steps={steps}", f"parallel.timeout_s={TIMEOUT_S}"]
     runs = tmp_path / "runs"
-    # The uninterrupted reference trains beside the job that gets the signal.
+    # The uninterrupted reference trains beside the job that gets the signal. It starts first and makes the
+    # store both read: a second job started at once would find the store half-written and refuse it.
     reference = start_ranks([sys.executable, TRAIN, *run, "run.name=straight"], world=2)
-    ranks = start_ranks([sys.executable, TRAIN, *run, "run.name=resumed"], world=2)
+    ranks = []
     try:
+        _wait_for_step(runs / "straight", 1, reference)
+        ranks = start_ranks([sys.executable, TRAIN, *run, "run.name=resumed"], world=2)
         _wait_for_step(runs / "resumed", 2, ranks)
         os.kill(ranks[1].pid, signal.SIGTERM)  # one rank only: the others learn of it in the next all-reduce
         outs = [_communicate(p, timeout=120) for p in ranks]
