@@ -85,6 +85,8 @@ ABLATIONS = {
     "vector_width_4": ("4 vector channels in the stream", ["model.vector_width=4"]),
     "linear_path": ("linear path in the embedding and the head", ["model.linear_path=true"]),
     "no_layer_norm": ("no layer norm in the Clifford MLPs", ["model.layer_norm=false"]),
+    "gate_squared_norm": ("the gates read the squared grade norm (the reference's), not the norm",
+                          ["model.gate_invariant=squared_norm"]),
     "permute": ("random particle order in training (data.augment=permute)", ["data.augment=permute"]),
     "local_w2": ("local geometric context, w = 2 (local_window=2)", ["model.local_window=2"]),
     "local_w2_vw4": ("local context w = 2 and 4 vector channels", ["model.local_window=2", "model.vector_width=4"]),
@@ -286,11 +288,11 @@ def run_long(args, work: Path, payload: dict) -> dict:
     from dist_hyena.train.engine import recall_hits
     from dist_hyena.train.export import load_exported
 
-    models = []  # (label, exported model, variant, vocab, trained at, positions)
+    models = []  # (label, exported model, variant, vocab, trained at (the longest training length), positions)
     for run_dir in args.run_dirs:
         gen = json.loads((run_dir / "config.json").read_text())["data"]["generate"]
-        models.append((run_dir.name, run_dir / "model.pt", gen["variant"], gen["vocab_size"], gen["n_tokens"],
-                       gen.get("positions", "index")))
+        models.append((run_dir.name, run_dir / "model.pt", gen["variant"], gen["vocab_size"],
+                       max([gen["n_tokens"], *gen.get("train_lengths", [])]), gen.get("positions", "index")))
     if not models:
         recall = payload.get("recall")
         if not recall:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .nn.clifford import GATE_INVARIANTS
 from .ops import CONV_MODES
 
 HEADS = ("nbody", "recall")
@@ -29,7 +30,9 @@ class HyenaConfig:
     ``linear`` and ``egnn`` are one-process models; build models with ``dist_hyena.baselines.build_model``).
     ``linear_path``: the input embedding and the head add an equivariant linear map of their input to the
     Clifford MLP's output (the MLP alone is layer-normed, so its output cannot grow with its input).
-    ``layer_norm``: the Clifford MLPs' layer norm (the paper's; off is an ablation).
+    ``layer_norm``: the Clifford MLPs' layer norm (the paper's; off is an ablation). ``gate_invariant``: what
+    the gated nonlinearities read of each non-scalar grade, its ``norm`` (ours) or its ``squared_norm`` (the
+    reference implementation's; an ablation).
     ``mlp_token_chunk``: when set, every
     MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
     chunk by chunk there (``VectorScalarMLP``); it also token-chunks the local context.
@@ -66,6 +69,7 @@ class HyenaConfig:
     mlp_token_chunk: int | None = None
     linear_path: bool = False
     layer_norm: bool = True
+    gate_invariant: str = "norm"
     local_window: int = 0
     local_hidden: int = 64
     context_norm: bool = False
@@ -74,7 +78,8 @@ class HyenaConfig:
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
         for name, allowed in (("head", HEADS), ("mixer", MIXERS), ("conv_mode", CONV_MODES),
-                              ("sp_strategy", SP_STRATEGIES), ("recall_readout", RECALL_READOUTS)):
+                              ("sp_strategy", SP_STRATEGIES), ("recall_readout", RECALL_READOUTS),
+                              ("gate_invariant", GATE_INVARIANTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"HyenaConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("n_blocks", "vector_width", "scalar_width", "hidden_width", "gate_width", "mlp_layers",

@@ -35,7 +35,8 @@ def mlp(cfg: HyenaConfig, vectors_in: int, scalars_in: int, vectors_out: int, sc
         hidden: int | None = None, linear_path: bool = False) -> VectorScalarMLP:
     """A token-wise Clifford MLP of the model (``hidden_width`` wide unless told), with the config's options."""
     return VectorScalarMLP(vectors_in, scalars_in, vectors_out, scalars_out, hidden or cfg.hidden_width,
-                           cfg.mlp_layers, layer_norm=cfg.layer_norm, linear_path=linear_path)
+                           cfg.mlp_layers, layer_norm=cfg.layer_norm, linear_path=linear_path,
+                           gate_invariant=cfg.gate_invariant)
 
 
 class NoContext(nn.Module):

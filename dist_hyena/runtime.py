@@ -200,6 +200,13 @@ def cpu_threads(env: Mapping[str, str], world_size: int, cores: int) -> int:
     return max(1, cores // max(1, local_size))
 
 
+def apply_cpu_thread_policy(world_size: int) -> int:
+    """Sets this process's torch math threads by :func:`cpu_threads` over the cores it may run on -> the count."""
+    threads = cpu_threads(os.environ, world_size, len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def init_distributed(timeout_s: float = 300.0) -> Runtime:
     """Initialise ``torch.distributed`` (through DeepSpeed) for the launcher that started us.
 
@@ -223,7 +230,7 @@ def init_distributed(timeout_s: float = 300.0) -> Runtime:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(cpu_threads(os.environ, launch.world_size, len(os.sched_getaffinity(0))))
+        apply_cpu_thread_policy(launch.world_size)
 
     if not dist.is_initialized():
         # The env:// variables are what DeepSpeed, torch and any library below us read.

@@ -39,6 +39,10 @@ class StoreReader:
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
 
+    def batch_tokens(self, indices: np.ndarray) -> int:
+        """The sequence length of the batch of samples ``indices``: a store's are all ``n_tokens`` long."""
+        return self.meta["n_tokens"]
+
     def read(self, indices: np.ndarray, t0: int, t1: int) -> dict[str, np.ndarray]:
         m = self.meta
         if m["task"] == "nbody":
@@ -101,7 +105,11 @@ def _create_command(path) -> str:
 class GeneratedRecall:
     """Associative recall made on the fly from a seed, no store: pass it to StreamingLoader
     in place of a path. Each SP rank makes the whole sequence and keeps its block (O(N)
-    per sample), so use a store when the same data is read many times."""
+    per sample), so use a store when the same data is read many times.
+
+    ``train_lengths``: training at several lengths. Each training batch is made at one length drawn from this
+    list, a pure function of (seed, the batch's first sample id), so all SP ranks of a group agree and a resumed
+    run sees the same batches; validation and test stay at ``n_tokens``."""
 
     def __init__(
         self,
@@ -111,10 +119,24 @@ class GeneratedRecall:
         vocab_size: int = 4,
         variant: str = "random",
         positions: str = "index",
+        train_lengths: list[int] | tuple[int, ...] | None = None,
     ):
         self.task = RecallTask(n_tokens, seed, vocab_size, variant, positions)
+        self.train_lengths = tuple(int(n) for n in train_lengths or ())
+        self._tasks = {n_tokens: self.task}
+        for n in self.train_lengths:  # the checks of the evaluation length, naming the value at fault
+            try:
+                self._tasks.setdefault(n, RecallTask(n, seed, vocab_size, variant, positions))
+            except ValueError as e:
+                raise ValueError(f"train_lengths: {e}") from None
         sizes = sizes or {"train": 2000, "val": 200, "test": 200}
         self.meta = {**self.task.attrs(), "seed": seed, "splits": dict(sizes)}
+        if self.train_lengths:
+            self.meta["params"]["train_lengths"] = list(self.train_lengths)
+
+    def task_of(self, n_tokens: int) -> RecallTask:
+        """The task at ``n_tokens`` (one of ``n_tokens`` and ``train_lengths``)."""
+        return self._tasks[n_tokens]
 
     def reader(self, split: str) -> _GeneratedRecallReader:
         if split not in SPLITS or split not in self.meta["splits"]:
@@ -124,13 +146,21 @@ class GeneratedRecall:
 
 class _GeneratedRecallReader:
     def __init__(self, source: GeneratedRecall, split: str):
-        self.task, self.split, self.meta = source.task, split, source.meta
+        self.source, self.split, self.meta = source, split, source.meta
         self.n_samples = source.meta["splits"][split]
+        self.lengths = source.train_lengths if split == "train" else ()
+
+    def batch_tokens(self, indices: np.ndarray) -> int:
+        if not self.lengths:
+            return self.meta["n_tokens"]
+        rng = np.random.default_rng([self.source.task.seed, 1 << 21, int(indices[0])])
+        return self.lengths[int(rng.integers(len(self.lengths)))]
 
     def read(self, indices: np.ndarray, t0: int, t1: int) -> dict[str, np.ndarray]:
-        samples = [self.task.sample(self.split, int(i)) for i in indices]
+        task = self.source.task_of(self.batch_tokens(indices))
+        samples = [task.sample(self.split, int(i)) for i in indices]
         return {
             "x": np.stack([s[0][t0:t1] for s in samples])[:, :, None],
-            "f": np.broadcast_to(self.task.encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
+            "f": np.broadcast_to(task.encoding(t0, t1), (len(indices), t1 - t0, POSITION_DIM)),
             "y": np.stack([s[1] for s in samples])[:, None],
         }

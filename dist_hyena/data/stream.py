@@ -107,12 +107,12 @@ class StreamingDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         reader = self.open()
-        t0, t1 = token_block(reader.meta["n_tokens"], self.sp_rank, self.sp_size)
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         for k, ids in enumerate(self.batches()):
             if k < self.start or (k - self.start) % n_workers != worker:
                 continue
+            t0, t1 = token_block(reader.batch_tokens(ids), self.sp_rank, self.sp_size)
             arrays = reader.read(ids, t0, t1)
             # C-contiguous and writeable: a view of a shared (cached) array is copied, never aliased
             batch = {name: torch.from_numpy(np.require(a, np.float32, ["C", "W"])) for name, a in arrays.items()}

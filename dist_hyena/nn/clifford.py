@@ -147,18 +147,25 @@ class GeometricProduct(nn.Module):
         return (self.skip(x) + product) / math.sqrt(2)
 
 
-class GatedNonlinearity(nn.Module):
-    """Each grade scaled by sigmoid(a * inv + b): inv is the scalar itself for grade 0 and
-    the grade's norm otherwise."""
+GATE_INVARIANTS = ("norm", "squared_norm")
 
-    def __init__(self, channels: int):
+
+class GatedNonlinearity(nn.Module):
+    """Each grade scaled by sigmoid(a * inv + b): inv is the scalar itself for grade 0 and, for the other grades,
+    the grade's norm (``invariant="norm"``, ours) or its squared norm (``"squared_norm"``, the reference
+    implementation's)."""
+
+    def __init__(self, channels: int, invariant: str = "norm"):
         super().__init__()
+        if invariant not in GATE_INVARIANTS:
+            raise ValueError(f"gate invariant must be one of {GATE_INVARIANTS}, got {invariant!r}")
+        self.squared = invariant == "squared_norm"
         self.scale = nn.Parameter(torch.ones(channels, algebra.N_GRADES))
         self.shift = nn.Parameter(torch.zeros(channels, algebra.N_GRADES))
         self.register_buffer("grade_onehot", _grade_onehot(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norms = _grade_norms(x, self.grade_onehot)
+        norms = x.square() @ self.grade_onehot.to(x.dtype) if self.squared else _grade_norms(x, self.grade_onehot)
         inv = torch.cat([x[..., algebra.SCALAR, None], norms[..., 1:]], dim=-1)  # the scalar itself, not its norm
         gate = torch.sigmoid(self.scale * inv + self.shift)
         return x * _per_blade(gate, self.grade_onehot)
@@ -180,15 +187,16 @@ class CliffordMLP(nn.Module):
     """``n_layers`` x (geometric product -> gated nonlinearity -> layer norm), then a linear map.
 
     ``layer_norm=False`` drops the layer norms; ``linear_path=True`` adds a linear map of the input to the output
-    (``skip``), so the output can follow the input's magnitude, which the layer-normed path alone cannot."""
+    (``skip``), so the output can follow the input's magnitude, which the layer-normed path alone cannot;
+    ``gate_invariant``: what the gates read (:class:`GatedNonlinearity`)."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int, n_layers: int = 1, layer_norm: bool = True,
-                 linear_path: bool = False):
+                 linear_path: bool = False, gate_invariant: str = "norm"):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_channels
         for _ in range(n_layers):
-            layers += [GeometricProduct(width, hidden), GatedNonlinearity(hidden)]
+            layers += [GeometricProduct(width, hidden), GatedNonlinearity(hidden, gate_invariant)]
             layers += [CliffordLayerNorm(hidden)] if layer_norm else []
             width = hidden
         layers.append(CliffordLinear(width, out_channels))

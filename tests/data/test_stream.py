@@ -227,3 +227,31 @@ def test_near_query_positions_hold_no_encoding_unseen_at_a_shorter_length():
     source = GeneratedRecall(n_tokens=12, seed=5, sizes={"train": 4, "val": 4, "test": 4}, positions="near_query")
     blocks = [_epoch(StreamingLoader(source, "train", 2, sp_rank=r, sp_size=2))[0]["f"][0] for r in range(2)]
     assert torch.equal(torch.cat(blocks), torch.tensor(invariant_input(12, "near_query", 0, 12)))
+
+
+def test_train_lengths_make_each_training_batch_at_one_listed_length():
+    """train_lengths: every training batch is one length from the list (several occur), the same on every SP rank
+    (the blocks of a batch join into that length's sequences, exactly as generated at that length), and the same
+    again in a second loader (resume sees the same batches); validation stays at n_tokens."""
+    from dist_hyena.data.recall_task import RecallTask
+
+    source = GeneratedRecall(n_tokens=9, seed=5, sizes={"train": 64, "val": 4, "test": 4}, positions="near_query",
+                             train_lengths=[7, 12, 15])
+    blocks = [_epoch(StreamingLoader(source, "train", 4, sp_rank=r, sp_size=2)) for r in (0, 1)]
+    lengths = []
+    for b0, b1 in zip(*blocks, strict=True):
+        x = torch.cat([b0["x"], b1["x"]], dim=1)
+        n = x.shape[1]
+        lengths.append(n)
+        task = RecallTask(n, 5, positions="near_query")
+        for row, i in enumerate(b0["index"].tolist()):
+            tokens, target = task.sample("train", i)
+            assert torch.equal(x[row, :, 0], torch.tensor(tokens))
+            assert torch.equal(b0["y"][row, 0], torch.tensor(target))
+        assert torch.equal(torch.cat([b0["f"], b1["f"]], dim=1)[0], torch.tensor(task.encoding(0, n)))
+    assert set(lengths) == {7, 12, 15}
+    _same_batches(blocks[0], _epoch(StreamingLoader(source, "train", 4, sp_rank=0, sp_size=2)))
+    assert all(b["x"].shape[1] == 9 for b in _epoch(StreamingLoader(source, "val", 2)))
+    assert source.meta["params"]["train_lengths"] == [7, 12, 15]
+    with pytest.raises(ValueError, match="train_lengths.*n_tokens must be >= 3"):
+        GeneratedRecall(n_tokens=9, train_lengths=[16, 2])

@@ -18,6 +18,7 @@ CONFIGS = {
     "nbody-mlp-token-chunks": dict(mlp_token_chunk=7),
     "nbody-wide-stream": dict(vector_width=3, scalar_width=5, mlp_layers=2),
     "nbody-linear-path-no-layer-norm": dict(linear_path=True, layer_norm=False),
+    "nbody-gate-squared-norm": dict(gate_invariant="squared_norm"),
     "nbody-no-global-mixer": dict(mixer="none"),
     "recall-hyena": RECALL,
     "recall-context-norm-local": dict(RECALL, context_norm=True, local_window=1),
@@ -181,6 +182,7 @@ def test_non_finite_inputs(bad):
         (dict(position_channels=(5,)), "position_channels"),
         (dict(context_norm=True, conv_mode="causal"), "causal"),
         (dict(head="recall", recall_readout="first"), "recall_readout"),
+        (dict(gate_invariant="abs"), "gate_invariant"),
     ],
 )
 def test_bad_config(kwargs, message):
