@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from .nn.chunked import chunked
 
 
 def taps(window: int, mode: str) -> list[int]:
@@ -118,13 +119,6 @@ class LocalContext(nn.Module):
         chunk = None if self.token_chunk is None else max(1, self.token_chunk // len(self.offsets))
         if chunk is None or chunk >= n:
             return self.messages(ext, start)
-        halo = ext.shape[1] - n
-        outs = []
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            piece = ext[:, s : e + halo]
-            if torch.is_grad_enabled():  # keep only the compact input slice; recompute the pairs in backward
-                outs.append(checkpoint(self.messages, piece, start + s, use_reentrant=False))
-            else:
-                outs.append(self.messages(piece, start + s))
-        return torch.cat([o[0] for o in outs], dim=1), torch.cat([o[1] for o in outs], dim=1)
+        # Only ext is kept for backward; the pairs of one chunk at a time are recomputed there.
+        return chunked(lambda s, piece: self.messages(piece, start + s), chunk, (ext,), tuple(self.parameters()),
+                       dim=1, halo=ext.shape[1] - n)

@@ -9,71 +9,17 @@ the multivectors exist ``token_chunk`` tokens at a time, in the forward and in t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from .algebra import embed, read
+from .chunked import chunked
 from .clifford import CliffordMLP
-
-Tensors = tuple[torch.Tensor, ...]
 
 
 def _rows(t: torch.Tensor, lead: int) -> torch.Tensor:
     """Merge the ``lead`` leading (batch, token) dims into one row dim."""
     return t.reshape(-1, *t.shape[lead:])
-
-
-def _map_chunks(fn: Callable[..., Tensors], chunk: int, inputs: Tensors) -> Tensors:
-    """fn over row chunks of ``inputs``, written into preallocated outputs (no list of chunks to concatenate)."""
-    n = inputs[0].shape[0]
-    outs: Tensors = ()
-    for s in range(0, n, chunk):
-        part = fn(*(t[s : s + chunk] for t in inputs))
-        if not outs:
-            outs = tuple(p.new_empty(n, *p.shape[1:]) for p in part)
-        for o, p in zip(outs, part, strict=True):
-            o[s : s + chunk] = p
-    return outs
-
-
-class _TokenChunkedRecompute(torch.autograd.Function):
-    """outputs = fn(*inputs) for a token-wise ``fn`` over row tensors, keeping only the inputs for backward:
-    backward recomputes ``fn`` one chunk of rows at a time and backpropagates through that chunk alone, so
-    the activations alive at any moment are those of ``chunk`` rows. Exact: each row's outputs depend on
-    that row's inputs only."""
-
-    @staticmethod
-    def forward(ctx, fn, chunk, n_inputs, *args):
-        inputs, ctx.params = args[:n_inputs], args[n_inputs:]
-        ctx.fn, ctx.chunk = fn, chunk
-        ctx.save_for_backward(*inputs)
-        with torch.no_grad():
-            return _map_chunks(fn, chunk, inputs)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        inputs = ctx.saved_tensors
-        params = [p for p in ctx.params if p.requires_grad]
-        grad_inputs = [torch.empty_like(t) for t in inputs]
-        grad_params = [torch.zeros_like(p) for p in params]
-        for s in range(0, inputs[0].shape[0], ctx.chunk):
-            with torch.enable_grad():
-                part_in = [t[s : s + ctx.chunk].detach().requires_grad_() for t in inputs]
-                part_out = ctx.fn(*part_in)
-                wanted = [(o, g[s : s + ctx.chunk]) for o, g in zip(part_out, grads, strict=True)
-                          if o.requires_grad]
-                got = torch.autograd.grad([o for o, _ in wanted], [*part_in, *params],
-                                          [g for _, g in wanted], allow_unused=True)
-            for acc, g in zip(grad_inputs, got[: len(inputs)], strict=True):
-                acc[s : s + ctx.chunk] = 0 if g is None else g
-            for acc, g in zip(grad_params, got[len(inputs) :], strict=True):
-                if g is not None:
-                    acc += g
-        all_params = iter(grad_params)
-        by_param = [next(all_params) if p.requires_grad else None for p in ctx.params]
-        return (None, None, None, *grad_inputs, *by_param)
 
 
 class VectorScalarMLP(nn.Module):
@@ -102,9 +48,5 @@ class VectorScalarMLP(nn.Module):
             return self._map(x, f)
         lead = x.shape[:-2]
         rows = (_rows(x, len(lead)), _rows(f, len(lead)))
-        if torch.is_grad_enabled():
-            params = tuple(self.parameters())
-            out = _TokenChunkedRecompute.apply(self._map, self.token_chunk, len(rows), *rows, *params)
-        else:
-            out = _map_chunks(self._map, self.token_chunk, rows)
+        out = chunked(lambda _, *r: self._map(*r), self.token_chunk, rows, tuple(self.parameters()))
         return out[0].view(*lead, *out[0].shape[1:]), out[1].view(*lead, *out[1].shape[1:])
