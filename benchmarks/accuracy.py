@@ -197,7 +197,8 @@ def collect_runs(args, payload: dict) -> tuple[str, dict]:
     if key == "recall_runs":
         gen = runs[0]["data"]["generate"]
         row["test_accuracy_mean"], row["test_accuracy_std"] = mean_std([r["test_accuracy"] for r in runs])
-        row.update(n_tokens=gen["n_tokens"], variant=gen["variant"], positions=gen.get("positions", "index"),
+        row.update(n_tokens=gen["n_tokens"], train_lengths=gen.get("train_lengths"), variant=gen["variant"],
+                   positions=gen.get("positions", "index"),
                    reference=recall_references(gen["n_tokens"], gen["variant"], gen["vocab_size"], gen["test"]))
     rows = {r["label"]: r for r in payload.get(key, {}).get("rows", [])}
     rows[args.label] = row
@@ -445,7 +446,9 @@ def markdown(payload: dict) -> str:
         for r in payload["recall_runs"]["rows"]:
             per = ", ".join(f"{x['test_accuracy']:.3f}" for x in r["runs"])
             ref = r["reference"]
-            lines.append(f"| {r['label']} | {r['n_tokens']} | {r['variant']} | {r['positions']} | "
+            lengths = r.get("train_lengths")
+            length = f"{min(lengths)}–{max(lengths)}, tested at {r['n_tokens']}" if lengths else r["n_tokens"]
+            lines.append(f"| {r['label']} | {length} | {r['variant']} | {r['positions']} | "
                          f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f} | {per} | "
                          f"{r['test_mse_mean']:.3f} | {r['runs'][0]['steps']} × {r['runs'][0]['batch_size']} | "
                          f"{ref['value_guess_accuracy']:.3f} / {ref['value_mean_mse']:.3f} |")
