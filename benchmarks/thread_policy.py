@@ -36,15 +36,15 @@ POLICY_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
 
 
 def measure(point: dict) -> dict:
+    import dist_hyena  # noqa: I001 (first: the package's defaults apply before torch starts OpenMP)
     import torch
 
-    from dist_hyena import HyenaConfig, SE3HyenaModel
     from dist_hyena.runtime import apply_cpu_thread_policy
 
     apply_cpu_thread_policy(world_size=1)
     torch.manual_seed(0)
     batch, n = point["batch"], point["tokens"]
-    model = SE3HyenaModel(HyenaConfig(mlp_token_chunk=point["token_chunk"]))
+    model = dist_hyena.SE3HyenaModel(dist_hyena.HyenaConfig(mlp_token_chunk=point["token_chunk"]))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x, f, target = torch.randn(batch, n, 2, 3), torch.randn(batch, n, 1), torch.randn(batch, n, 1, 3)
 
