@@ -19,7 +19,6 @@ through DeepSpeed so DeepSpeed's communication layer sees the same group.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import zlib
@@ -180,29 +179,19 @@ def gpu_index(local_rank: int, visible: int) -> int:
     return local_rank
 
 
-_LOCAL_SIZE_KEYS = ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
-
-
-def cpu_threads(env: Mapping[str, str], world_size: int, cores: int) -> int:
-    """Math threads for one CPU rank: ``OMP_NUM_THREADS`` when the user set it, else the cores
-    shared out among the ranks of this node (all of ``world_size`` when the launcher does not
-    say). OpenMP threads that outnumber the cores spin against each other and slow small ops
-    by an order of magnitude."""
+def cpu_threads(env: Mapping[str, str]) -> int:
+    """Math threads for one CPU rank: ``OMP_NUM_THREADS`` when the user set it, else one. Measured
+    (docs/threads.md, ``benchmarks/thread_policy.py``): a second thread speeds this model's steps up by nothing
+    when the machine is quiet, and OpenMP threads waiting at barriers for a descheduled partner make a step 3-5x
+    slower beside any other busy process; more cores are used by more ranks, not more threads."""
     if "OMP_NUM_THREADS" in env:
         return max(1, _int(env, "OMP_NUM_THREADS"))
-    key = next((k for k in _LOCAL_SIZE_KEYS if k in env), None)
-    if key:
-        local_size = _int(env, key)
-    elif "SLURM_TASKS_PER_NODE" in env:  # always set by SLURM, e.g. "4(x2),3": take the first node's share
-        local_size = int(re.match(r"\d+", env["SLURM_TASKS_PER_NODE"]).group())
-    else:
-        local_size = world_size
-    return max(1, cores // max(1, local_size))
+    return 1
 
 
-def apply_cpu_thread_policy(world_size: int) -> int:
-    """Sets this process's torch math threads by :func:`cpu_threads` over the cores it may run on -> the count."""
-    threads = cpu_threads(os.environ, world_size, len(os.sched_getaffinity(0)))
+def apply_cpu_thread_policy() -> int:
+    """Sets this process's torch math threads by :func:`cpu_threads` -> the count."""
+    threads = cpu_threads(os.environ)
     torch.set_num_threads(threads)
     return threads
 
@@ -230,7 +219,7 @@ def init_distributed(timeout_s: float = 300.0) -> Runtime:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-        apply_cpu_thread_policy(launch.world_size)
+        apply_cpu_thread_policy()
 
     if not dist.is_initialized():
         # The env:// variables are what DeepSpeed, torch and any library below us read.

@@ -20,6 +20,7 @@ EXPECTED = {
     "loader_throughput": {"long_context", "delivery_per_rank", "step_consumption_per_rank",
                           "ratio_delivery_over_consumption", "pipelined"},
     "accuracy": {"nbody", "recall", "long"},
+    "thread_policy": {"runs", "summary"},
 }
 
 
@@ -36,6 +37,11 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
     if name == "operator_vs_attention":
         assert {r["mixer"] for r in payload["runs"] if r["fits"]} == {"hyena", "attention", "sdpa"}
         assert all(r["forward_s"] > 0 and r["forward_backward_peak_bytes"] > 0 for r in payload["runs"])
+    if name == "thread_policy":
+        assert {(s["policy"], s["workload"][:7]) for s in payload["summary"]} == {
+            (p, w) for p in ("package default", "1 thread") for w in ("default", "long se")}
+        assert all(s["alone_steps_per_s"] > 0 and s["beside_busy_steps_per_s"] > 0 for s in payload["summary"])
+        assert {s["threads"] for s in payload["summary"] if s["policy"] == "1 thread"} == {1}
     if name == "longest_context":
         failed = [(r["variant"], r["sp"], r.get("error")) for r in payload["runs"] if not r["fits"]]
         assert not failed, failed

@@ -118,12 +118,10 @@ def test_gpu_of_a_rank():
         gpu_index(4, visible=4)
 
 
-def test_cpu_threads_share_the_cores_among_local_ranks():
+def test_cpu_threads_are_one_per_rank_unless_the_user_says():
     from dist_hyena.runtime import cpu_threads
 
-    assert cpu_threads({}, world_size=1, cores=2) == 2
-    assert cpu_threads({}, world_size=4, cores=2) == 1  # launcher silent: assume all ranks are local
-    assert cpu_threads({"LOCAL_WORLD_SIZE": "2"}, world_size=16, cores=32) == 16
-    assert cpu_threads({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, world_size=8, cores=16) == 4
-    assert cpu_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "8"}, world_size=8, cores=2) == 3
-    assert cpu_threads({"SLURM_TASKS_PER_NODE": "4(x2)"}, world_size=8, cores=16) == 4
+    assert cpu_threads({}) == 1
+    assert cpu_threads({"LOCAL_WORLD_SIZE": "2", "SLURM_TASKS_PER_NODE": "4(x2)"}) == 1
+    assert cpu_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "8"}) == 3
+    assert cpu_threads({"OMP_NUM_THREADS": "0"}) == 1
