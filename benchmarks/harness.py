@@ -63,11 +63,16 @@ def timed(fn, min_repeats: int = 1, max_repeats: int = 3, budget_s: float = 5.0)
     return times
 
 
-def run_point(script: str, point: dict, timeout_s: float, ranks: int = 1) -> dict:
+def run_point(script: str, point: dict, timeout_s: float, ranks: int = 1, env_changes: dict | None = None) -> dict:
     """Run ``script --point JSON`` in a fresh interpreter (``ranks`` > 1: as that many ranks under torchrun);
     it prints one JSON object as its last stdout line. A crash, a kill or a timeout comes back as
-    ``{"fits": False, "error": ...}``."""
+    ``{"fits": False, "error": ...}``. ``env_changes``: variables to set in its environment (None: to unset)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    for key, value in (env_changes or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     launcher = [sys.executable] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
     try:

@@ -60,21 +60,20 @@ def measure(point: dict) -> dict:
 
 
 def run_point(point: dict, env_overrides: dict, busy: bool, timeout_s: float) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in POLICY_KEYS}
-    env.update(env_overrides, PYTHONPATH=os.pathsep.join(filter(None, [str(harness.ROOT), env.get("PYTHONPATH")])))
+    """One point in a fresh interpreter whose environment holds only ``env_overrides`` of POLICY_KEYS, beside a
+    spinning process when ``busy``."""
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         time.sleep(0.5 if busy else 0.0)  # the neighbour is running before the point starts
-        proc = subprocess.run([sys.executable, __file__, "--point", json.dumps(point)], env=env, capture_output=True,
-                              text=True, timeout=timeout_s)
+        result = harness.run_point(__file__, point, timeout_s,
+                                   env_changes={**dict.fromkeys(POLICY_KEYS), **env_overrides})
     finally:
         if spinner is not None:
             spinner.kill()
             spinner.wait()
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"point {point} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
+    if "error" in result:
+        raise SystemExit(f"point {point} failed: {result['error']}")
+    return result
 
 
 def main() -> None:

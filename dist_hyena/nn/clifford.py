@@ -28,9 +28,14 @@ def _grade_onehot() -> torch.Tensor:
     return nn.functional.one_hot(algebra.grade_index(), algebra.N_GRADES).float()
 
 
+def _grade_squared_norms(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """[..., 8] -> [..., 4]: the squared norm of each grade's part."""
+    return x.square() @ onehot.to(x.dtype)
+
+
 def _grade_norms(x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
     """[..., 8] -> [..., 4]: the smooth norm of each grade's part."""
-    return torch.sqrt(x.square() @ onehot.to(x.dtype) + _EPS**2)
+    return torch.sqrt(_grade_squared_norms(x, onehot) + _EPS**2)
 
 
 def _per_blade(v: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -165,7 +170,7 @@ class GatedNonlinearity(nn.Module):
         self.register_buffer("grade_onehot", _grade_onehot(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norms = x.square() @ self.grade_onehot.to(x.dtype) if self.squared else _grade_norms(x, self.grade_onehot)
+        norms = (_grade_squared_norms if self.squared else _grade_norms)(x, self.grade_onehot)
         inv = torch.cat([x[..., algebra.SCALAR, None], norms[..., 1:]], dim=-1)  # the scalar itself, not its norm
         gate = torch.sigmoid(self.scale * inv + self.shift)
         return x * _per_blade(gate, self.grade_onehot)
