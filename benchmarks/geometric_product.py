@@ -4,9 +4,11 @@ Three implementations of the same layer, the earlier two kept here as references
 ``gather``, the first: gather the normalised right operand into ``[..., o, 8 (k), 8 (i)]`` by the sparse Cayley
 table, multiply by the left operand and the weights, sum, plain autograd; ``sparse_fused``, the second: the
 same gather inside one autograd Function over chunks of 2^17 rows that keeps only the two operands for
-backward; ``after``, ``GeometricProduct.forward`` now: per cache-sized chunk of 4096 rows, the outer
-products a_i b_j contracted with the dense per-channel weighted Cayley tensor in one batched matrix product,
-and per-grade norms and gates as matrix products instead of mask indexing. Reports forward and forward +
+backward; ``after``, ``GeometricProduct.forward`` now: blade-major operands (``[8, rows, channels]``), the 64
+non-zero terms as whole-matrix multiply-adds per cache-sized chunk, no transposes, and 20 path weights instead of
+64. (Between the second and now, a third release contracted outer products a_i b_j with the dense weighted Cayley
+tensor in batched matrix products: 8x the arithmetic; ``benchmarks/step_efficiency.py --against v0.1.0`` measures
+the whole step against it.) Reports forward and forward +
 backward time (medians of interleaved repeats in one process) and the bytes autograd keeps for backward
 (counted exactly with ``saved_tensors_hooks``, so it does not depend on the machine's load).
 
@@ -37,27 +39,26 @@ def _sparse_tables():
     table = algebra.cayley_table(torch.float64)
     right = table.abs().argmax(dim=1).T.contiguous()  # [k, i] -> j
     left = table.abs().argmax(dim=0).T.contiguous()  # [k, j] -> i
-    sign = table.gather(1, right.T[:, None, :]).squeeze(1).T.float()  # [k, i]
-    g = algebra.grade_index()
-    path = (g[None, :] * algebra.N_GRADES + g[right]) * algebra.N_GRADES + g[:, None]  # [k, i]
-    return right, left, sign, path
+    return right, left
 
 
 def _operands(layer, x):
-    a, b = layer.left(x), layer._normalise(layer.right(x))
-    right, left, sign, path = _sparse_tables()
-    return a, b, sign * layer.path_weight[:, path], right, left
+    """The layer's operands and term weights in the earlier releases' channel-major layout ([..., o, 8])."""
+    a, b = (t.movedim(0, -1) for t in (layer.left(x), layer._normalise(layer.right(x))))
+    right, left = _sparse_tables()
+    coef = (layer.sign[..., None] * layer.path_weight[layer.path]).permute(2, 0, 1)  # [o, k, i]
+    return a, b, coef, right, left
 
 
 def gather_forward(layer, x):
     """The first GeometricProduct.forward: gather the right operand into [..., o, 8 (k), 8 (i)], plain autograd."""
     a, b, coef, right, _ = _operands(layer, x)
-    return (layer.skip(x) + (a.unsqueeze(-2) * b[..., right] * coef).sum(-1)) / math.sqrt(2)
+    return (layer.skip(x).movedim(0, -1) + (a.unsqueeze(-2) * b[..., right] * coef).sum(-1)) / math.sqrt(2)
 
 
 def sparse_fused_forward(layer, x):
     """The second: the same gather in one autograd Function over chunks of 2^17 rows, keeping only a and b."""
-    return (layer.skip(x) + _SparseProduct.apply(*_operands(layer, x))) / math.sqrt(2)
+    return (layer.skip(x).movedim(0, -1) + _SparseProduct.apply(*_operands(layer, x))) / math.sqrt(2)
 
 
 class _SparseProduct(torch.autograd.Function):
@@ -115,9 +116,10 @@ def run(tokens: int, widths: list[tuple[int, int]], repeats: int) -> list[dict]:
     for c_in, c_out in widths:
         torch.manual_seed(0)
         layer = GeometricProduct(c_in, c_out)
-        x = torch.randn(1, tokens, c_in, 8, requires_grad=True)
+        x = torch.randn(8, 1, tokens, c_in, requires_grad=True)  # blade-major, as the layers take it
         impl = {"gather": lambda l=layer, x=x: gather_forward(l, x),
-                "sparse_fused": lambda l=layer, x=x: sparse_fused_forward(l, x), "after": lambda l=layer, x=x: l(x)}
+                "sparse_fused": lambda l=layer, x=x: sparse_fused_forward(l, x),
+                "after": lambda l=layer, x=x: l(x).movedim(0, -1)}
         with torch.no_grad():
             max_diff = max((impl[k]() - impl["after"]()).abs().max().item() for k in ("gather", "sparse_fused"))
         times = {f"{k}_{p}": [] for k in impl for p in ("forward_s", "forward_backward_s")}

@@ -4,4 +4,4 @@ from .config import HyenaConfig
 from .model import SE3HyenaModel
 
 __all__ = ["HyenaConfig", "SE3HyenaModel"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

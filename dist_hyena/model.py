@@ -26,7 +26,7 @@ class LocalConv(nn.Module):
         super().__init__()
         self.mode = mode
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv):
+    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts=None):
         """``[B, N, C, 3]`` x2, ``[B, N, D]`` x2 -> ``(u_eqv [B, N, C, 3], u_inv [B, N, D])``."""
         return cross_conv(q_eqv, k_eqv, self.mode), circular_conv(q_inv, k_inv, self.mode)
 
@@ -42,7 +42,7 @@ def mlp(cfg: HyenaConfig, vectors_in: int, scalars_in: int, vectors_out: int, sc
 class NoContext(nn.Module):
     """No global mixing (``mixer="none"``, an ablation): the context is zero, the block is token-wise."""
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv):
+    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts=None):
         return torch.zeros_like(q_eqv), torch.zeros_like(q_inv)
 
 
@@ -62,6 +62,12 @@ def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
     from .parallel import SequenceParallelConv
 
     return SequenceParallelConv(mesh, cfg.vector_width, cfg.scalar_width, cfg.conv_mode, cfg.sp_strategy)
+
+
+def token_counts(n_local: int, device: torch.device, mesh=None) -> list[int]:
+    """Every SP rank's token count (one process: ``[n_local]``): one tiny all-reduce under SP, on the input's
+    device as NCCL needs. The model asks once per forward and hands the counts to its blocks."""
+    return [n_local] if mesh is None else mesh.token_counts(n_local, device=device)
 
 
 def token_mean(t: torch.Tensor, n_total: int, mesh=None) -> torch.Tensor:
@@ -102,7 +108,7 @@ def normalise_context(u_eqv: torch.Tensor, u_inv: torch.Tensor, n_total: int, me
 
 class HyenaOperator(nn.Module):
     """The paper's Algorithm 1 on the residual stream (vectors ``[B, n, Cv, 3]``, scalars ``[B, n, D]``).
-    ``n_total``: the sample's token count over all SP ranks (read by ``context_norm`` only)."""
+    ``counts``: every SP rank's token count (asked of the mesh when not given)."""
 
     def __init__(self, cfg: HyenaConfig, mesh=None):
         super().__init__()
@@ -115,16 +121,17 @@ class HyenaOperator(nn.Module):
         self.context_norm, self.mesh = cfg.context_norm, mesh
 
     def forward(self, x: torch.Tensor, f: torch.Tensor,
-                n_total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = counts or token_counts(x.shape[1], x.device, self.mesh)
         vectors, scalars = self.project_in(x, f)
         q_eqv, k_eqv, v_eqv = vectors.chunk(3, dim=2)
         q_inv, k_inv, v_inv = scalars.chunk(3, dim=2)
         if isinstance(self.context, VectorAttention):
             u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv)
         else:
-            u_eqv, u_inv = self.context(q_eqv, k_eqv, q_inv, k_inv)
+            u_eqv, u_inv = self.context(q_eqv, k_eqv, q_inv, k_inv, counts)
         if self.context_norm:
-            u_eqv, u_inv = normalise_context(u_eqv, u_inv, n_total or x.shape[1], self.mesh)
+            u_eqv, u_inv = normalise_context(u_eqv, u_inv, sum(counts), self.mesh)
         # The gates read only the scalar blade, so they are invariant and keep u_eqv equivariant.
         _, gates = self.gate(x, f)
         u_eqv = torch.sigmoid(gates[..., : self.cv, None]) * u_eqv
@@ -135,8 +142,8 @@ class HyenaOperator(nn.Module):
 class HyenaBlock(nn.Module):
     """[local context -> residual add ->] operator -> residual add -> equivariant MLP -> residual add.
 
-    ``pos`` (the centred input positions ``[B, n, P, 3]``, or None) and ``counts`` (every SP rank's token
-    count) are read by the local context only."""
+    ``pos`` (the centred input positions ``[B, n, P, 3]``, or None) is read by the local context only;
+    ``counts``: every SP rank's token count (asked of the mesh when not given)."""
 
     def __init__(self, cfg: HyenaConfig, mesh=None):
         super().__init__()
@@ -146,14 +153,15 @@ class HyenaBlock(nn.Module):
                                       len(cfg.position_channels), cfg.local_hidden, mesh)
         self.operator = HyenaOperator(cfg, mesh)
         self.mlp = mlp(cfg, self.cv, self.d, self.cv, self.d)
+        self.mesh = mesh
 
     def forward(self, x: torch.Tensor, f: torch.Tensor, pos: torch.Tensor | None = None,
                 counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = counts or [x.shape[1]]
+        counts = counts or token_counts(x.shape[1], x.device, self.mesh)
         if hasattr(self, "local"):
             dx, df = self.local(x, f, pos, counts)
             x, f = x + dx, f + df
-        dx, df = self.operator(x, f, sum(counts))
+        dx, df = self.operator(x, f, counts)
         x, f = x + dx, f + df
         dx, df = self.mlp(x, f)
         return x + dx, f + df
@@ -207,16 +215,10 @@ class SE3HyenaModel(nn.Module):
             if isinstance(module, VectorScalarMLP | LocalContext):
                 module.token_chunk = cfg.mlp_token_chunk
 
-    def _token_counts(self, n_local: int, device: torch.device) -> list[int]:
-        """Every SP rank's token count (one process: ``[n_local]``); on the input's device, as NCCL needs."""
-        if self.mesh is None:
-            return [n_local]
-        return self.mesh.token_counts(n_local, device=device)
-
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         _check_inputs(cfg, x, f, self.head.mlp.net[-1].weight.dtype)
-        counts = self._token_counts(x.shape[1], x.device)
+        counts = token_counts(x.shape[1], x.device, self.mesh)
         n_total = sum(counts)
         pos = list(cfg.position_channels)
         centroid = None

@@ -1,7 +1,8 @@
 """The Clifford algebra Cl(3,0), derived from its generators rather than typed by hand.
 
-Multivectors are stored as 8 coefficients in the blade order
-``[1 | e1 e2 e3 | e12 e13 e23 | e123]`` (grades 0, 1, 2, 3). A blade is represented
+Multivectors have 8 coefficients in the blade order ``[1 | e1 e2 e3 | e12 e13 e23 | e123]`` (grades 0, 1,
+2, 3). The algebra's own functions take them last (``[..., 8]``); the layers keep them first, channels last
+(``[8, ..., C]``, blade-major), so that each blade of all channels is one contiguous matrix. A blade is represented
 internally by the bitmask of the basis vectors it contains (e1 = 0b001, e2 = 0b010,
 e3 = 0b100), which makes the product of two blades a XOR plus a sign.
 """
@@ -45,6 +46,22 @@ def _cayley_list() -> tuple[tuple[tuple[int, ...], ...], ...]:
     return tuple(tuple(tuple(row) for row in plane) for plane in table)
 
 
+@functools.cache
+def product_terms() -> tuple[tuple[tuple[int, int], ...], ...]:
+    """The Cayley table in sparse form: ``terms[k][i] = (j, sign)`` with blade_i blade_j = sign * blade_k. Each
+    (i, k) has exactly one such j: a product of blades is one blade."""
+    table = _cayley_list()
+    return tuple(tuple(next((j, table[i][j][k]) for j in range(N_BLADES) if table[i][j][k]) for i in range(N_BLADES))
+                 for k in range(N_BLADES))
+
+
+@functools.cache
+def grade_paths() -> tuple[tuple[int, int, int], ...]:
+    """The grade paths (g_i, g_j, g_k) a product of a grade-g_i and a grade-g_j blade can reach: 20 of the 64."""
+    return tuple(sorted({(GRADES[i], GRADES[j], GRADES[k]) for k, row in enumerate(product_terms())
+                         for i, (j, _) in enumerate(row)}))
+
+
 def cayley_table(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """``C[i, j, k]``: the coefficient of blade k in blade_i * blade_j. Shape ``[8, 8, 8]``."""
     return torch.tensor(_cayley_list(), dtype=dtype, device=device)
@@ -56,28 +73,26 @@ def grade_index(device=None) -> torch.Tensor:
 
 
 def embed(vectors: torch.Tensor | None, scalars: torch.Tensor | None) -> torch.Tensor:
-    """Vectors ``[..., C, 3]`` and scalars ``[..., S]`` -> multivectors ``[..., C + S, 8]``.
-
-    Vector channels come first (blades 1-3), scalar channels after (blade 0).
-    """
-    parts = []
+    """Vectors ``[..., C, 3]`` and scalars ``[..., S]`` -> multivector channels ``[8, ..., C + S]`` (blade-major,
+    the layers' layout). Vector channels come first (blades 1-3), scalar channels after (blade 0)."""
+    parts = [t for t in (vectors, scalars) if t is not None]
+    lead = parts[0].shape[:-2] if vectors is not None else parts[0].shape[:-1]
+    n_vectors = 0 if vectors is None else vectors.shape[-2]
+    n_scalars = 0 if scalars is None else scalars.shape[-1]
+    mv = parts[0].new_zeros(N_BLADES, *lead, n_vectors + n_scalars)
     if vectors is not None:
-        mv = vectors.new_zeros(*vectors.shape[:-1], N_BLADES)
-        mv[..., VECTOR] = vectors
-        parts.append(mv)
+        mv[VECTOR, ..., :n_vectors] = vectors.movedim(-1, 0)
     if scalars is not None:
-        mv = scalars.new_zeros(*scalars.shape, N_BLADES)
-        mv[..., SCALAR] = scalars
-        parts.append(mv)
-    return torch.cat(parts, dim=-2)
+        mv[SCALAR, ..., n_vectors:] = scalars
+    return mv
 
 
 def read(mv: torch.Tensor, n_vectors: int, n_scalars: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multivectors ``[..., K, 8]`` -> vectors ``[..., n_vectors, 3]`` from the first channels'
-    blades 1-3, scalars ``[..., n_scalars]`` from the following channels' blade 0."""
-    if mv.shape[-2] < n_vectors + n_scalars:
-        raise ValueError(f"{mv.shape[-2]} multivector channels cannot hold {n_vectors} vectors + {n_scalars} scalars")
-    return mv[..., :n_vectors, VECTOR], mv[..., n_vectors : n_vectors + n_scalars, SCALAR]
+    """Multivector channels ``[8, ..., K]`` -> vectors ``[..., n_vectors, 3]`` from the first channels' blades
+    1-3, scalars ``[..., n_scalars]`` from the following channels' blade 0."""
+    if mv.shape[-1] < n_vectors + n_scalars:
+        raise ValueError(f"{mv.shape[-1]} multivector channels cannot hold {n_vectors} vectors + {n_scalars} scalars")
+    return mv[VECTOR, ..., :n_vectors].movedim(0, -1), mv[SCALAR, ..., n_vectors : n_vectors + n_scalars]
 
 
 def geometric_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -78,9 +78,10 @@ def channel_partition(n_vector: int, n_scalar: int, parts: int) -> list[tuple[ra
 class SequenceParallelConv(nn.Module):
     """The global convolutions of one Hyena operator on this rank's token block (no parameters).
 
-    forward(q_eqv ``[B, n, Cv, 3]``, k_eqv ``[B, n, Cv, 3]``, q_inv ``[B, n, D]``, k_inv ``[B, n, D]``)
-    -> (u_eqv ``[B, n, Cv, 3]``, u_inv ``[B, n, D]``): ``cross_conv`` / ``circular_conv`` of the
-    whole sequence, restricted to this rank's block of n tokens.
+    forward(q_eqv ``[B, n, Cv, 3]``, k_eqv ``[B, n, Cv, 3]``, q_inv ``[B, n, D]``, k_inv ``[B, n, D]``,
+    counts=None) -> (u_eqv ``[B, n, Cv, 3]``, u_inv ``[B, n, D]``): ``cross_conv`` / ``circular_conv`` of the
+    whole sequence, restricted to this rank's block of n tokens. ``counts``: every rank's token count, as the
+    model knows them once per forward; when not given, asked of the mesh (one blocking all-reduce).
     """
 
     def __init__(self, mesh: Mesh, n_vector: int, n_scalar: int, mode: str = "circular",
@@ -99,14 +100,18 @@ class SequenceParallelConv(nn.Module):
     def extra_repr(self) -> str:
         return f"sp={self.mesh.sp}, strategy={self.strategy}, mode={self.mode}"
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv):
+    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts: list[int] | None = None):
         b, n = q_eqv.shape[:2]
         cv, d = self.n_vector, self.n_scalar
         for name, t, shape in (("q_eqv", q_eqv, (b, n, cv, 3)), ("k_eqv", k_eqv, (b, n, cv, 3)),
                                ("q_inv", q_inv, (b, n, d)), ("k_inv", k_inv, (b, n, d))):
             if tuple(t.shape) != shape:
                 raise ValueError(f"SequenceParallelConv: {name} must be {list(shape)}, got {list(t.shape)}")
-        counts = self.mesh.token_counts(n, device=q_eqv.device, layer=self.ledger_name)
+        if counts is None:
+            counts = self.mesh.token_counts(n, device=q_eqv.device, layer=self.ledger_name)
+        elif len(counts) != self.mesh.sp or counts[self.mesh.sp_rank] != n:
+            raise ValueError(f"SequenceParallelConv: token counts {counts} do not give this rank "
+                             f"(sp_rank {self.mesh.sp_rank} of {self.mesh.sp}) its {n} tokens")
         if self.strategy == "channels":
             u = self._channels(q_eqv, k_eqv, q_inv, k_inv, counts)
         else:

@@ -32,15 +32,16 @@ INT64_BYTES = 8
 
 
 def conv_bytes(strategy: str, mode: str, n_tokens: int, sp: int, n_vector: int, n_scalar: int,
-               itemsize: int, batch: int = 1) -> dict[str, int]:
+               itemsize: int, batch: int = 1, counts_given: bool = False) -> dict[str, int]:
     """Forward bytes per ledger op, summed over the SP group, for one ``SequenceParallelConv`` call
-    on ``batch`` samples of ``n_tokens``.
+    on ``batch`` samples of ``n_tokens``; ``counts_given``: the caller passed the token counts (as the model
+    does), so the call has no ``token_counts`` all-reduce of its own.
 
     ``itemsize``: bytes of one number on the wire (the input dtype for ``channels``; the FFT
     dtype, at least float32, for ``fft``).
     """
     strategy = resolve_strategy(strategy, n_vector + n_scalar, sp)
-    out = {"token_counts": sp * sp * INT64_BYTES}
+    out = {} if counts_given else {"token_counts": sp * sp * INT64_BYTES}
     if strategy == "channels":
         counts = split_sizes(n_tokens, sp)
         parts = channel_partition(n_vector, n_scalar, sp)

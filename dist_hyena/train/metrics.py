@@ -1,7 +1,8 @@
 """Observability on rank 0: progress bar, TensorBoard, `metrics.jsonl`, loss-curve PNG.
 
 `metrics.jsonl` holds one JSON object per logged step: training records carry `step`,
-`loss` (the mean over the steps since the previous record), `lr`, `tokens_per_s`, `mem_gb`;
+`loss` (the mean over the steps since the previous record), `lr`, `tokens` (read by all ranks since the previous
+record), `tokens_per_s`, `mem_gb`;
 validation records carry `step` and `val_mse` (recall also `val_accuracy`; with `eval.test`, a new best
 validation also carries the test split's `test_mse` / `test_accuracy`); a step skipped for a non-finite loss
 (`train.nonfinite: skip`) carries `skipped_nonfinite: 1`.

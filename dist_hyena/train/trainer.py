@@ -158,21 +158,21 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
               f"{n_tokens} tokens/sample, " + (f"resumed from {tags[-1]}" if tags else "from scratch"), flush=True)
     log = MetricsLogger(run_dir, main, cfg.train.steps, start)
 
-    tokens_per_step = cfg.train.batch_size * n_tokens
     batches = iter(train_loader)
     first_loss = last_loss = val_mse = None
     step, saved, interrupted = start, start, False
-    t_last, steps_since, window_loss = time.perf_counter(), 0, 0.0
+    t_last, steps_since, window_loss, window_tokens = time.perf_counter(), 0, 0.0, 0.0
     engine.train()
     with TerminationRequest() as termination:
         for step in range(start + 1, end + 1):
-            step_loss, ids = 0.0, []
+            step_loss, ids, step_tokens = 0.0, [], 0  # step_tokens: this rank's token blocks, as read
             for _ in range(cfg.train.grad_accum):
                 batch = next(batches, None)
                 if batch is None:  # end of an epoch: the loader has moved on to the next one
                     batches = iter(train_loader)
                     batch = next(batches)
                 ids.append(batch["index"])
+                step_tokens += batch["x"].shape[0] * batch["x"].shape[1]
                 if cfg.data.augment == "permute":
                     batch = permute_tokens(batch)
                 sse, _, group_count = batch_error(engine, batch, task, n_tokens, mesh.sp)
@@ -194,19 +194,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             elif any_rank(not parameters_finite(engine), engine.device):
                 raise NonFiniteError(nonfinite_parameters_message(step, torch.cat(ids)))
             # The loss sum carries the termination flag: every rank learns of a SIGTERM to any one.
-            (total, terminating) = all_reduce_sum([0.0 if math.isnan(step_loss) else step_loss,
-                                                   termination.received], engine.device)
+            # The token count too: batches of several lengths (data.generate.train_lengths) differ in size.
+            (total, terminating, tokens) = all_reduce_sum([0.0 if math.isnan(step_loss) else step_loss,
+                                                           termination.received, step_tokens], engine.device)
             if not math.isnan(step_loss):
                 last_loss = total / mesh.dp
                 first_loss = last_loss if first_loss is None else first_loss
                 log.step(step, last_loss)
                 steps_since, window_loss = steps_since + 1, window_loss + last_loss
+                window_tokens += tokens
                 if step % cfg.log.every == 0 or step == end:
                     # The mean over the steps since the last record: one batch's loss is noisy.
                     now = time.perf_counter()
                     log.log(step, loss=window_loss / steps_since, lr=engine.get_lr()[0],
-                            tokens_per_s=tokens_per_step * steps_since / (now - t_last), mem_gb=memory_gb())
-                    t_last, steps_since, window_loss = now, 0, 0.0
+                            tokens=window_tokens,
+                            tokens_per_s=window_tokens / (now - t_last), mem_gb=memory_gb())
+                    t_last, steps_since, window_loss, window_tokens = now, 0, 0.0, 0.0
             if not terminating and ((cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps):
                 val = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
                 val_mse = val["mse"]

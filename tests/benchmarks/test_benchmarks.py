@@ -21,6 +21,7 @@ EXPECTED = {
                           "ratio_delivery_over_consumption", "pipelined"},
     "accuracy": {"nbody", "recall", "long"},
     "thread_policy": {"runs", "summary"},
+    "step_efficiency": {"trees", "runs", "summary"},
 }
 
 
@@ -42,6 +43,10 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
             (p, w) for p in ("package default", "1 thread") for w in ("default", "long se")}
         assert all(s["alone_steps_per_s"] > 0 and s["beside_busy_steps_per_s"] > 0 for s in payload["summary"])
         assert {s["threads"] for s in payload["summary"] if s["policy"] == "1 thread"} == {1}
+    if name == "step_efficiency":
+        row, = payload["summary"]
+        assert row["useful_flop_per_token"] > row["counted_flop_per_token"] > 0  # the product's terms are added
+        assert 0 < row["fraction_of_matmul"] < 1 and row["step_s"] > 0
     if name == "longest_context":
         failed = [(r["variant"], r["sp"], r.get("error")) for r in payload["runs"] if not r["fits"]]
         assert not failed, failed

@@ -220,13 +220,13 @@ def test_ledger_per_layer(group):
             for key, nbytes in res["ledger"][strategy].items():
                 measured[key] = measured.get(key, 0) + nbytes
         forward = conv_bytes(strategy, "circular", 4 * p, p, cfg.vector_width, cfg.scalar_width, itemsize=8,
-                               batch=2)
+                               batch=2, counts_given=True)
         for i in range(cfg.n_blocks):
             layer = f"blocks.{i}.operator.context"
             got = {op: b for (name, op), b in measured.items() if name == layer}
-            expected = forward | {f"{op}.backward": b for op, b in forward.items() if op != "token_counts"}
+            expected = forward | {f"{op}.backward": b for op, b in forward.items()}
             assert got == expected, f"sp={p} {strategy} {layer}"
-        # Outside the convs only the token counts (once per forward) and the centroid are reduced.
+        # Outside the convs only the token counts (once per forward, not per block) and the centroid are reduced.
         others = {op for (name, op) in measured if not name.startswith("blocks.")}
         assert others <= {"token_counts", "all_reduce", "all_reduce.backward"}, others
 
@@ -265,14 +265,15 @@ def test_local_context_ledger(group):
                 measured[key] = measured.get(key, 0) + nbytes
         halo = halo_bytes(mode, split_sizes(n, p), LEDGER_WINDOW, row_numel, itemsize=8, batch=2)
         assert halo > 0
-        conv = conv_bytes("channels", mode, n, p, cfg.vector_width, cfg.scalar_width, itemsize=8, batch=2)
+        conv = conv_bytes("channels", mode, n, p, cfg.vector_width, cfg.scalar_width, itemsize=8, batch=2,
+                          counts_given=True)
         for i in range(cfg.n_blocks):
             layer = f"blocks.{i}.local"
             got = {op: b for (name, op), b in measured.items() if name == layer}
             assert got == {"halo": halo, "halo.backward": halo}, f"sp={p} {mode} {layer}"
             layer = f"blocks.{i}.operator.context"
             got = {op: b for (name, op), b in measured.items() if name == layer}
-            expected = conv | {f"{op}.backward": b for op, b in conv.items() if op != "token_counts"}
+            expected = conv | {f"{op}.backward": b for op, b in conv.items()}
             assert got == expected, f"sp={p} {mode} {layer}"
         others = {op for (name, op) in measured if not name.startswith("blocks.")}
         assert others <= {"token_counts", "all_reduce", "all_reduce.backward"}, others

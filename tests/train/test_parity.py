@@ -7,6 +7,8 @@ ZeRO stage and mesh it can hold (DeepSpeed's import and start-up dominate the ti
 """
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,12 +35,18 @@ def _global_batch(task: str) -> dict:
     return {"x": x, "f": f, "y": y}
 
 
-def _run_config(stage: int, sp: int):
+def _run_config(stage: int, sp: int, ds_dir: str):
+    """The shipped ZeRO config of ``stage`` with gradient clipping off (DeepSpeed clips at norm 1 unless told):
+    the single-process reference step does not clip."""
+    ds = load_config(None, [f"train.deepspeed=deepspeed/zero{stage}.json"]).train.deepspeed
+    Path(ds_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(ds_dir) / f"zero{stage}_noclip.json"
+    path.write_text(json.dumps({**json.loads(Path(ds).read_text()), "gradient_clipping": 0.0}))
     return load_config(None, [f"run.seed={SEED}", "optim.name=sgd", f"optim.lr={LR}", f"parallel.sp={sp}",
-                              f"train.batch_size={BATCH}", f"train.deepspeed=deepspeed/zero{stage}.json"])
+                              f"train.batch_size={BATCH}", f"train.deepspeed={path}"])
 
 
-def _one_step_distributed(rank, world, cases):
+def _one_step_distributed(rank, world, cases, ds_dir):
     """Every case: (task, sp, stage) -> this rank's full parameters after one engine step."""
     from deepspeed import zero
 
@@ -48,7 +56,7 @@ def _one_step_distributed(rank, world, cases):
     out = {}
     for task, sp, stage in cases:
         mesh = init_mesh(sp=sp)
-        engine, _ = build_engine(_run_config(stage, sp), MODELS[task], mesh)
+        engine, _ = build_engine(_run_config(stage, sp, f"{ds_dir}/rank{rank}"), MODELS[task], mesh)
         full = _global_batch(task)
         b = BATCH // mesh.dp
         start, stop = mesh.token_block(N_TOKENS)
@@ -92,10 +100,10 @@ def _initial(task: str) -> dict:
 
 
 @pytest.mark.timeout(400)
-def test_one_step_matches_one_process_dp2_sp2():
+def test_one_step_matches_one_process_dp2_sp2(tmp_path):
     """world 2: dp = 2 and sp = 2, ZeRO 1, 2, 3."""
     cases = [("nbody", sp, stage) for sp in (1, 2) for stage in (1, 2, 3)]
-    results = run_ranks(_one_step_distributed, world=2, args=(cases,), timeout=360)
+    results = run_ranks(_one_step_distributed, world=2, args=(cases, str(tmp_path)), timeout=360)
     ref, initial = _one_step_single("nbody"), _initial("nbody")
     for case in cases:
         for rank_result in results:
@@ -103,10 +111,10 @@ def test_one_step_matches_one_process_dp2_sp2():
 
 
 @pytest.mark.timeout(400)
-def test_one_step_matches_one_process_dp2_x_sp2():
+def test_one_step_matches_one_process_dp2_x_sp2(tmp_path):
     """world 4 = dp 2 × sp 2, ZeRO 1, 2, 3; and the recall head, whose pooled output is shared by sp ranks."""
     cases = [("nbody", 2, stage) for stage in (1, 2, 3)] + [("recall", 2, 1)]
-    results = run_ranks(_one_step_distributed, world=4, args=(cases,), timeout=360)
+    results = run_ranks(_one_step_distributed, world=4, args=(cases, str(tmp_path)), timeout=360)
     refs = {task: (_one_step_single(task), _initial(task)) for task in MODELS}
     for case in cases:
         ref, initial = refs[case[0]]

@@ -42,6 +42,8 @@ def test_resume_continues_bitwise(tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 2 * K + 1))
     assert [a[s] for s in a] == [b[s] for s in a], "loss sequences differ after resuming"
     assert a[2 * K] != a[K]  # the steps after the resume point did train
+    records = [json.loads(line) for line in (runs / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in records if "tokens" in r] == [8 * 8] * 2 * K  # batch 8 x 8 bodies, every step
     pa = torch.load(runs / "straight" / "model.pt")["state_dict"]
     pb = torch.load(runs / "resumed" / "model.pt")["state_dict"]
     assert pa.keys() == pb.keys()
