@@ -33,7 +33,7 @@ from benchmarks import harness  # noqa: E402
 
 def _sparse_tables():
     """The Cayley table in sparse form: for output blade k and left blade i, the one right blade j with
-    blade_i blade_j = ±blade_k (``right[k, i]``), its sign, its grade path, and the left partner of (k, j)."""
+    blade_i blade_j = ±blade_k (``right[k, i]``), and the left partner of (k, j) (``left[k, j]``)."""
     from dist_hyena.nn import algebra
 
     table = algebra.cayley_table(torch.float64)

@@ -46,17 +46,17 @@ QUICK = {"recall, hidden 8, 16 tokens x 2": (
 
 def _product_flop(model, x, f) -> int:
     """The geometric products' elementwise FLOPs for one forward (2 per non-zero term, row and channel)."""
+    import torch
+
     from dist_hyena.nn import GeometricProduct
 
     total = [0]
 
     def hook(module, inputs, output):
-        total[0] += 2 * 64 * output.numel() // 8  # output: [8, rows, channels] or [rows, channels, 8]
+        total[0] += 2 * 64 * output.numel() // 8  # output: [8, rows, channels] (v0.1.0: [rows, channels, 8])
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, GeometricProduct)]
     try:
-        import torch
-
         with torch.no_grad():
             model(x, f)
     finally:
@@ -108,7 +108,7 @@ def measure(point: dict) -> dict:
     rate = _matmul_rate()
     return dict(point, step_s=harness.median(times), repeats=len(times), counted_flop_per_token=counted / (batch * n),
                 product_flop_per_token=product / (batch * n), matmul_flop_per_s=rate,
-                dense_product=product == 0, threads_used=torch.get_num_threads())
+                threads_used=torch.get_num_threads())
 
 
 def _tree(rev: str) -> Path:

@@ -75,11 +75,10 @@ def grade_index(device=None) -> torch.Tensor:
 def embed(vectors: torch.Tensor | None, scalars: torch.Tensor | None) -> torch.Tensor:
     """Vectors ``[..., C, 3]`` and scalars ``[..., S]`` -> multivector channels ``[8, ..., C + S]`` (blade-major,
     the layers' layout). Vector channels come first (blades 1-3), scalar channels after (blade 0)."""
-    parts = [t for t in (vectors, scalars) if t is not None]
-    lead = parts[0].shape[:-2] if vectors is not None else parts[0].shape[:-1]
+    ref, lead = (vectors, vectors.shape[:-2]) if vectors is not None else (scalars, scalars.shape[:-1])
     n_vectors = 0 if vectors is None else vectors.shape[-2]
     n_scalars = 0 if scalars is None else scalars.shape[-1]
-    mv = parts[0].new_zeros(N_BLADES, *lead, n_vectors + n_scalars)
+    mv = ref.new_zeros(N_BLADES, *lead, n_vectors + n_scalars)
     if vectors is not None:
         mv[VECTOR, ..., :n_vectors] = vectors.movedim(-1, 0)
     if scalars is not None:
