@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dist_hyena.data.build import make_task  # noqa: E402
-from dist_hyena.data.cli import add_common_args, run  # noqa: E402
+from dist_hyena.data.cli import add_common_args, preset_layout, run  # noqa: E402
 
 
 def main() -> int:
@@ -58,7 +58,7 @@ def main() -> int:
         help="torch device for the simulation (default: a GPU when present, one per rank of a node)",
     )
     args = parser.parse_args()
-    task = make_task(
+    return run(args, lambda: make_task(
         args.preset,
         args.seed,
         device=args.device,
@@ -69,8 +69,7 @@ def main() -> int:
         target_frame=args.target_frame,
         dt=args.dt,
         softening=args.softening,
-    )
-    return run(args, args.preset, task)
+    ), lambda task: preset_layout(args, args.preset))
 
 
 if __name__ == "__main__":
