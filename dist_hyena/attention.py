@@ -1,4 +1,4 @@
-"""The paper's equivariant vector attention (DESIGN §2.2): the O(N²) baseline that can stand in
+"""The paper's equivariant vector attention (docs/design.md §2.2): the O(N²) baseline that can stand in
 for the long convolution inside the same block.
 
     C_ij = q_i x k_j,   S_ij = softmax_j(|C_ij| / sqrt(N)) C_ij,   u_i = (1/N) sum_j S_ij x v_j
@@ -45,7 +45,7 @@ class VectorAttention(nn.Module):
 
 
 class DistanceAttention(VectorAttention):
-    """A stronger baseline (DESIGN §2.2): attention on invariant distances, by
+    """A stronger baseline (docs/design.md §2.2): attention on invariant distances, by
     ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels, never an N x N
     matrix in memory).
 

@@ -17,7 +17,7 @@ rotation-equivariant; the scalar outputs are zeros. ``mixer="linear"`` in ``Hyen
 ``EGNNBaseline`` (``mixer="egnn"``) is the E(n)-equivariant graph network of Satorras, Hoogeboom and Welling
 (2021), written from the paper's equations: its n-body model (§5.1; messages over the fully connected graph of a
 sample's tokens, charge products as edge attributes, the velocity-form coordinate update), O(N²) and one process.
-It is the pairwise-message model DESIGN §2.4 compares SE(3)-Hyena against.
+It is the pairwise-message model docs/design.md §2.4 compares SE(3)-Hyena against.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model configuration. The defaults reproduce the paper's n-body model (DESIGN §2.1)."""
+"""Model configuration. The defaults reproduce the paper's n-body model (docs/design.md §2.1)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class HyenaConfig:
     ``mlp_token_chunk``: when set, every
     MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
     chunk by chunk there (``VectorScalarMLP``); it also token-chunks the local context.
-    ``local_window`` (w, default 0): every block adds the local geometric context (DESIGN §2.4,
+    ``local_window`` (w, default 0): every block adds the local geometric context (docs/design.md §2.4,
     ``dist_hyena.local_context``) over the w sequence neighbours on each side (``causal``: before) before its
     operator; 0 is exactly the paper's model (same parameters, same outputs). ``local_hidden``: the width of its
     pair MLP (an ordinary MLP of invariants, far cheaper per unit of width than a Clifford MLP).

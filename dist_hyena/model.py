@@ -1,4 +1,4 @@
-"""SE(3)-Hyena (DESIGN §2.1): operator, block and model with the n-body and recall heads.
+"""SE(3)-Hyena (docs/design.md §2.1): operator, block and model with the n-body and recall heads.
 
 Data layout everywhere: vectors ``[B, N, C, 3]``, scalars ``[B, N, D]``; dim 1 is the token
 dim. Under sequence parallelism each rank holds a contiguous block of tokens; the only

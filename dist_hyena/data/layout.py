@@ -1,4 +1,4 @@
-"""Store layout facts shared by writers and readers (DESIGN §4.3).
+"""Store layout facts shared by writers and readers (docs/design.md §4.3).
 
 A store holds one group per split; every array is indexed by sample first, chunked
 along samples (`samples_per_chunk`, the unit of preprocessing work) and, where it has

@@ -1,4 +1,4 @@
-"""n-body samples (DESIGN §4.1): seeded initial conditions, simulation, token order.
+"""n-body samples (docs/design.md §4.1): seeded initial conditions, simulation, token order.
 
 Every sample's randomness comes from its own generator, seeded by (dataset seed, split,
 sample index), so the bytes of a sample do not depend on which rank makes it or which

@@ -1,4 +1,4 @@
-"""Streaming batches to DP x SP ranks (DESIGN §4.4).
+"""Streaming batches to DP x SP ranks (docs/design.md §4.4).
 
 Each epoch has a seeded permutation of the split's samples; DP rank r takes the r-th
 contiguous share of it, so DP ranks see disjoint samples. All SP ranks of a group take

@@ -1,6 +1,6 @@
 """Sequence-parallel long convolution: the local FFT convolutions of ``dist_hyena.ops``, distributed.
 
-Two strategies (DESIGN §3.2, §3.3), both exact:
+Two strategies (docs/design.md §3.2, §3.3), both exact:
 - ``channels`` (DeepSpeed-Ulysses style): switch the packed conv inputs to channel layout,
   run the unchanged local ``cross_conv`` / ``circular_conv`` over all N tokens of this
   rank's channel groups, switch back. Any N; needs at least P channel groups.
