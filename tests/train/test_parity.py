@@ -42,7 +42,8 @@ def _run_config(stage: int, sp: int, ds_dir: str):
     Path(ds_dir).mkdir(parents=True, exist_ok=True)
     path = Path(ds_dir) / f"zero{stage}_noclip.json"
     path.write_text(json.dumps({**json.loads(Path(ds).read_text()), "gradient_clipping": 0.0}))
-    return load_config(None, [f"run.seed={SEED}", "optim.name=sgd", f"optim.lr={LR}", f"parallel.sp={sp}",
+    return load_config(None, [f"run.seed={SEED}", "optim.name=sgd", f"optim.lr={LR}", "optim.weight_decay=0.0",
+                              "optim.schedule=constant", "optim.warmup_steps=0", f"parallel.sp={sp}",
                               f"train.batch_size={BATCH}", f"train.deepspeed={path}"])
 
 
