@@ -1,6 +1,6 @@
 """Accuracy (benchmarks item 6): the paper's n-body table and associative recall, trained by the real trainer.
 
-Every run is `dist_hyena.train.train` on a config from `configs/` plus overrides (the same code path as
+Every run is `dist_hyena.train.train` on a config from `dist_hyena/configs/` plus overrides (the same code path as
 `python launch/train.py --config ... key=value`), one at a time, in this process, with `eval.test = true`: the
 trainer evaluates the test split at every new best validation MSE, so each run reports the test metrics at its
 best validation step (`summary["best"]`).
@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import harness  # noqa: E402
 
-CONFIGS = harness.ROOT / "configs"
+CONFIGS = harness.ROOT / "dist_hyena" / "configs"
 PAPER_NBODY = {"hyena": 0.0018, "attention": 0.0019, "linear": 0.0322, "egnn": 0.0071, "local": None}
 LABELS = {"hyena": "SE(3)-Hyena", "attention": "vector attention", "linear": "linear", "egnn": "EGNN",
-          "local": "SE(3)-Hyena + local context (configs/nbody5_local.yaml)"}
+          "local": "SE(3)-Hyena + local context (dist_hyena/configs/nbody5_local.yaml)"}
 # n-body rows trained by a config of their own, at its own budget; and the overrides some mixers need.
 OWN_CONFIG = {"local": "nbody5_local.yaml"}
 MIXER_OVERRIDES: dict[str, list[str]] = {}
@@ -78,7 +78,7 @@ def nbody_common(args, work: Path) -> tuple[dict, list[str]]:
                    "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
 
 
-# One change at a time against the paper's model (configs/nbody5.yaml), all at the --steps / --nbody-lr budget.
+# One change at a time against the paper's model (dist_hyena/configs/nbody5.yaml), at the --steps / --nbody-lr budget.
 ABLATIONS = {
     "paper": ("the paper's SE(3)-Hyena (1 vector + 8 scalar channels, hidden 16, 2 blocks)", []),
     "no_global_mixer": ("global convolution replaced by zeros (mixer=none)", ["model.mixer=none"]),

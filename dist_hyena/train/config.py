@@ -1,6 +1,6 @@
 """Run configuration: typed, strict YAML (`configs/*.yaml`) plus `section.key=value` overrides.
 
-`configs/default.yaml` holds every default; a run config and the overrides replace the keys they name.
+`dist_hyena/configs/default.yaml` holds every default; a run config and the overrides replace the keys they name.
 Every section is a dataclass; unknown keys and values of the wrong type are errors that name the file, the
 dotted key and the value. The `model` section is `HyenaConfig` itself, except its input widths, which come
 from the dataset (`vector_in`, `scalar_in`).
@@ -19,15 +19,16 @@ import yaml
 
 from dist_hyena.config import HyenaConfig
 
-# The repository's configs/ (this file is dist_hyena/train/config.py).
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+# The run and DeepSpeed configs shipped inside the package (package data: an installed package has them too).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = SHIPPED_CONFIGS / "default.yaml"
 
 
 class ConfigError(ValueError):
     """A bad run configuration; the message names the file and the dotted key."""
 
 
-# Every field below is required: its default is the value in configs/default.yaml, the one place defaults live.
+# Every field below is required: its default is its value in default.yaml, the one place defaults live.
 @dataclass
 class RunSection:
     name: str
@@ -218,7 +219,8 @@ def _read_yaml(path: Path) -> dict:
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config {path}: {e.strerror} (shipped configs: "
+                          f"{', '.join(shipped_config_names())})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -246,16 +248,31 @@ def _shipped_or_beside(value: str, yaml_dir: Path) -> str:
     if path.is_absolute():
         return value
     beside = yaml_dir / path
-    return str(beside if beside.exists() else DEFAULT_CONFIG.parent / path)
+    return str(beside if beside.exists() else SHIPPED_CONFIGS / path)
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A YAML file, or the name of a shipped config (`nbody5`, `recall.yaml`) when no such file exists."""
+    path = Path(name_or_path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return shipped if shipped.exists() else path
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """configs/default.yaml, then the YAML run config at `path` (None: none), then `section.key=value` overrides,
-    each replacing the keys it names. A config file names only what differs from the defaults."""
+    """default.yaml, then the run config `path` (a file or a shipped config's name; None: none), then the
+    `section.key=value` overrides, each replacing the keys it names: a config file names what differs from the
+    defaults."""
     data = _read_yaml(DEFAULT_CONFIG)
     where = "defaults"
     yaml_dir = DEFAULT_CONFIG.parent
     if path is not None:
+        path = config_path(path)
         where = str(path)
         yaml_dir = Path(path).parent
         data = _overlay(data, _read_yaml(path))

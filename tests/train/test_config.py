@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from dist_hyena.train.config import ConfigError, load_config
+from dist_hyena.train.config import SHIPPED_CONFIGS, ConfigError, load_config
 from dist_hyena.train.engine import deepspeed_config, lr_factor
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = SHIPPED_CONFIGS
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
