@@ -47,7 +47,6 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
 
     from dist_hyena import HyenaConfig
     from dist_hyena.model import HyenaBlock
-    from dist_hyena.nn import VectorScalarMLP
     from dist_hyena.parallel import init_mesh, ledger, shard_sequence
 
     cuda = torch.cuda.is_available()
@@ -63,9 +62,6 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
     cfg = HyenaConfig(conv_mode=job["conv_mode"], sp_strategy=job["strategy"] or "auto", **job["model"])
     torch.manual_seed(0)
     block = HyenaBlock(cfg, mesh).to(device, dtype)
-    for module in block.modules():  # as SE3HyenaModel does for its MLPs (a bare block leaves them unchunked)
-        if isinstance(module, VectorScalarMLP):
-            module.token_chunk = cfg.mlp_token_chunk
     if mesh is not None:
         ledger.name_layers(block)
     gen = torch.Generator().manual_seed(1)

@@ -49,14 +49,14 @@ class LocalContext(nn.Module):
     shapes, on this rank's token block (``counts``: every SP rank's token count; one process: ``[n]``)."""
 
     ledger_name = "local_context"
-    token_chunk: int | None = None
 
     def __init__(self, window: int, mode: str, n_vector: int, n_scalar: int, n_position: int, hidden: int,
-                 mesh=None):
+                 mesh=None, token_chunk: int | None = None):
         super().__init__()
         if window < 1:
             raise ValueError(f"LocalContext needs a window >= 1, got {window}")
         self.window, self.mode, self.mesh = window, mode, mesh
+        self.token_chunk = token_chunk
         self.cv, self.d, self.p = n_vector, n_scalar, n_position
         self.offsets = taps(window, mode)
         n_v = n_position + 2 * n_vector

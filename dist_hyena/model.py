@@ -35,7 +35,7 @@ def mlp(cfg: HyenaConfig, vectors_in: int, scalars_in: int, vectors_out: int, sc
         hidden: int | None = None, linear_path: bool = False) -> VectorScalarMLP:
     """A token-wise Clifford MLP of the model (``hidden_width`` wide unless told), with the config's options."""
     return VectorScalarMLP(vectors_in, scalars_in, vectors_out, scalars_out, hidden or cfg.hidden_width,
-                           cfg.mlp_layers, layer_norm=cfg.layer_norm, linear_path=linear_path,
+                           cfg.mlp_layers, cfg.mlp_token_chunk, layer_norm=cfg.layer_norm, linear_path=linear_path,
                            gate_invariant=cfg.gate_invariant)
 
 
@@ -150,7 +150,7 @@ class HyenaBlock(nn.Module):
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
         if cfg.local_window:
             self.local = LocalContext(cfg.local_window, cfg.conv_mode, self.cv, self.d,
-                                      len(cfg.position_channels), cfg.local_hidden, mesh)
+                                      len(cfg.position_channels), cfg.local_hidden, mesh, cfg.mlp_token_chunk)
         self.operator = HyenaOperator(cfg, mesh)
         self.mlp = mlp(cfg, self.cv, self.d, self.cv, self.d)
         self.mesh = mesh
@@ -211,9 +211,6 @@ class SE3HyenaModel(nn.Module):
         self.embed_in = mlp(cfg, cfg.vector_in, cfg.scalar_in, cv, d, linear_path=cfg.linear_path)
         self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
         self.head = mlp(cfg, cv, d, cfg.vector_out, cfg.scalar_out, linear_path=cfg.linear_path)
-        for module in self.modules():
-            if isinstance(module, VectorScalarMLP | LocalContext):
-                module.token_chunk = cfg.mlp_token_chunk
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
