@@ -18,16 +18,20 @@ from .local_context import LocalContext
 from .nn import VectorScalarMLP
 from .ops import circular_conv, cross_conv
 
+# Mixers: the operator's global context. Every mixer is called alike,
+#     mixer(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts) -> (u_eqv [B, n, Cv, 3], u_inv [B, n, D])
+# on this rank's token block (``q/k/v_eqv [B, n, Cv, 3]``, ``q/k/v_inv [B, n, D]``, ``counts`` every SP rank's token
+# count or None). The long convolutions filter q by k and leave the values to the operator; attention weighs them.
+
 
 class LocalConv(nn.Module):
-    """The global context of one process: FFT convolutions over the whole sequence."""
+    """The global context of one process: FFT convolutions over the whole sequence (values unused)."""
 
     def __init__(self, mode: str):
         super().__init__()
         self.mode = mode
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts=None):
-        """``[B, N, C, 3]`` x2, ``[B, N, D]`` x2 -> ``(u_eqv [B, N, C, 3], u_inv [B, N, D])``."""
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts=None):
         return cross_conv(q_eqv, k_eqv, self.mode), circular_conv(q_inv, k_inv, self.mode)
 
 
@@ -42,14 +46,14 @@ def mlp(cfg: HyenaConfig, vectors_in: int, scalars_in: int, vectors_out: int, sc
 class NoContext(nn.Module):
     """No global mixing (``mixer="none"``, an ablation): the context is zero, the block is token-wise."""
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts=None):
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts=None):
         return torch.zeros_like(q_eqv), torch.zeros_like(q_inv)
 
 
 def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
-    if cfg.mixer in ("linear", "egnn"):
-        raise ValueError(f"mixer={cfg.mixer!r} is a baseline model, not a mixer of SE3HyenaModel: build it with "
-                         "dist_hyena.baselines.build_model")
+    if cfg.baseline is not None:
+        raise ValueError(f"baseline={cfg.baseline!r} is a model of its own, not a part of SE3HyenaModel: build it "
+                         "with dist_hyena.baselines.build_model")
     if cfg.mixer in ("attention", "sdpa"):
         if mesh is not None and mesh.sp > 1:
             raise ValueError(f"mixer={cfg.mixer!r} is a one-process attention baseline; "
@@ -126,10 +130,7 @@ class HyenaOperator(nn.Module):
         vectors, scalars = self.project_in(x, f)
         q_eqv, k_eqv, v_eqv = vectors.chunk(3, dim=2)
         q_inv, k_inv, v_inv = scalars.chunk(3, dim=2)
-        if isinstance(self.context, VectorAttention):
-            u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv)
-        else:
-            u_eqv, u_inv = self.context(q_eqv, k_eqv, q_inv, k_inv, counts)
+        u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts)
         if self.context_norm:
             u_eqv, u_inv = normalise_context(u_eqv, u_inv, sum(counts), self.mesh)
         # The gates read only the scalar blade, so they are invariant and keep u_eqv equivariant.

@@ -100,7 +100,8 @@ class SequenceParallelConv(nn.Module):
     def extra_repr(self) -> str:
         return f"sp={self.mesh.sp}, strategy={self.strategy}, mode={self.mode}"
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts: list[int] | None = None):
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts: list[int] | None = None):
+        """A mixer of the operator (``dist_hyena.model``, "Mixers"): the values are left to the operator."""
         b, n = q_eqv.shape[:2]
         cv, d = self.n_vector, self.n_scalar
         for name, t, shape in (("q_eqv", q_eqv, (b, n, cv, 3)), ("k_eqv", k_eqv, (b, n, cv, 3)),
