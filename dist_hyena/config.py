@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 from .nn.clifford import GATE_INVARIANTS
 from .ops import CONV_MODES
+from .parallel.conv import STRATEGIES
 
 HEADS = ("nbody", "recall")
 MIXERS = ("hyena", "attention", "sdpa", "none")
 BASELINES = ("linear", "egnn")
-SP_STRATEGIES = ("auto", "channels", "fft")
+SP_STRATEGIES = STRATEGIES  # the sequence-parallel convolution's own list
 RECALL_READOUTS = ("mean", "query")
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dist_hyena.data.layout import token_block
 from dist_hyena.data.readers import GeneratedRecall, StoreReader
+from dist_hyena.parallel.mesh import token_block
 
 
 def epoch_batches(

@@ -41,6 +41,13 @@ def resolve_strategy(strategy: str, n_groups: int, sp: int) -> str:
     return strategy
 
 
+def packed_widths(partition: list[tuple[range, range]]) -> tuple[list[int], list[int]]:
+    """Numbers a token that each part of a :func:`channel_partition` receives in channel layout (q and k: 2 x 3
+    for a vector channel, 2 for a scalar one) and sends back (u: 3 and 1)."""
+    widths_out = [VECTOR_WEIGHT * len(v) + SCALAR_WEIGHT * len(s) for v, s in partition]
+    return [2 * w for w in widths_out], widths_out
+
+
 def channel_partition(n_vector: int, n_scalar: int, parts: int) -> list[tuple[range, range]]:
     """Split the groups [vector 0..Cv-1, scalar 0..D-1] into ``parts`` contiguous non-empty runs,
     minimising the heaviest run (vector weight 3, scalar 1). Returns ``(vector range, scalar range)``
@@ -123,8 +130,7 @@ class SequenceParallelConv(nn.Module):
         """Layout switch, the local ops on full-length channel groups, switch back: ``[B, n, 3Cv + D]``."""
         vec_qk = torch.cat([q_eqv, k_eqv], -1).flatten(2)  # per vector channel: q (3), k (3)
         packed = torch.cat([vec_qk, torch.stack([q_inv, k_inv], -1).flatten(2)], -1)
-        widths_in = [6 * len(v) + 2 * len(s) for v, s in self.partition]
-        widths_out = [3 * len(v) + len(s) for v, s in self.partition]
+        widths_in, widths_out = packed_widths(self.partition)
         vec, sca = self.partition[self.mesh.sp_rank]
         full = to_channel_layout(packed, counts, widths_in, self.mesh, self.ledger_name)  # [B, N, w_in]
         vec_in = full[..., : 6 * len(vec)].unflatten(-1, (len(vec), 6))
