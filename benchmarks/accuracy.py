@@ -1,6 +1,6 @@
 """Accuracy (benchmarks item 6): the paper's n-body table and associative recall, trained by the real trainer.
 
-Every run is `dist_hyena.train.train` on a config from `configs/` plus overrides (the same code path as
+Every run is `dist_hyena.train.train` on a config from `dist_hyena/configs/` plus overrides (the same code path as
 `python launch/train.py --config ... key=value`), one at a time, in this process, with `eval.test = true`: the
 trainer evaluates the test split at every new best validation MSE, so each run reports the test metrics at its
 best validation step (`summary["best"]`).
@@ -9,7 +9,7 @@ best validation step (`summary["best"]`).
     python benchmarks/accuracy.py --part recall --lengths 32 256 --steps 150
     python benchmarks/accuracy.py --part long   --eval-lengths 256 4096 65536 --eval-samples 16
 
-- nbody: SE(3)-Hyena, the paper's vector attention and the linear baseline (`mixer=linear`) on the 5-body data
+- nbody: SE(3)-Hyena, the paper's vector attention and the linear baseline (`baseline=linear`) on the 5-body data
   (1000 / 2000 / 2000 systems), test MSE at best validation, mean ± std over seeds, beside the paper's numbers.
 - recall: SE(3)-Hyena vs vector attention, random and fixed vocabulary, per length: test MSE and accuracy (the
   prediction's nearest vector of the sequence is the target value; chance ≈ 1 / vocab) at best validation.
@@ -38,13 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import harness  # noqa: E402
 
-CONFIGS = harness.ROOT / "configs"
+CONFIGS = harness.ROOT / "dist_hyena" / "configs"
 PAPER_NBODY = {"hyena": 0.0018, "attention": 0.0019, "linear": 0.0322, "egnn": 0.0071, "local": None}
 LABELS = {"hyena": "SE(3)-Hyena", "attention": "vector attention", "linear": "linear", "egnn": "EGNN",
-          "local": "SE(3)-Hyena + local context (configs/nbody5_local.yaml)"}
-# n-body rows trained by a config of their own, at its own budget; and the overrides some mixers need.
+          "local": "SE(3)-Hyena + local context (dist_hyena/configs/nbody5_local.yaml)"}
+# n-body rows trained by a config of their own, at its own budget; the rows that are whole baseline models
+# (the others name the mixer of SE3HyenaModel).
 OWN_CONFIG = {"local": "nbody5_local.yaml"}
-MIXER_OVERRIDES: dict[str, list[str]] = {}
+MIXER_OVERRIDES = {"linear": ["model.baseline=linear"], "egnn": ["model.baseline=egnn"]}
 PAPER_BUDGET = {"nbody": "Adam lr 1e-4 constant, weight decay 1e-5, batch 100, 3000 steps (300 epochs of 1000)",
                 "recall": "Adam lr 1e-3 cosine, weight decay 1e-5, batch 32, 18750 steps (300 epochs of 2000), "
                           "widths invariant 16 / equivariant 128 / gating 8"}
@@ -78,7 +79,7 @@ def nbody_common(args, work: Path) -> tuple[dict, list[str]]:
                    "checkpoint.every=0", "checkpoint.keep=1", f"log.every={every}"]
 
 
-# One change at a time against the paper's model (configs/nbody5.yaml), all at the --steps / --nbody-lr budget.
+# One change at a time against the paper's model (dist_hyena/configs/nbody5.yaml), at the --steps / --nbody-lr budget.
 ABLATIONS = {
     "paper": ("the paper's SE(3)-Hyena (1 vector + 8 scalar channels, hidden 16, 2 blocks)", []),
     "no_global_mixer": ("global convolution replaced by zeros (mixer=none)", ["model.mixer=none"]),
@@ -146,7 +147,7 @@ def run_nbody(args, work: Path) -> dict:
                 quick = [f"train.steps={args.steps}"] if args.quick else []
                 config, overrides = OWN_CONFIG[mixer], own_budget + quick
             else:
-                config, overrides = "nbody5.yaml", common + [f"model.mixer={mixer}"] + MIXER_OVERRIDES.get(mixer, [])
+                config, overrides = "nbody5.yaml", common + MIXER_OVERRIDES.get(mixer, [f"model.mixer={mixer}"])
             r = train_run(config, overrides + [f"run.name={name}", f"run.seed={seed}"])
             runs.append({"mixer": mixer, "seed": seed, **r, "test_mse": r["best"]["test_mse"]})
             print(f"[accuracy] {name}: test MSE {r['best']['test_mse']:.5f} at best val (step "

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
-CONFIGS = harness.ROOT / "configs"
+CONFIGS = harness.ROOT / "dist_hyena" / "configs"
 
 
 def make_store(path: Path, n_tokens: int, samples: int, sp: int, samples_per_chunk: int = 1) -> tuple[Path, float]:

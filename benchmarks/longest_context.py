@@ -1,6 +1,6 @@
 """Item 2: the longest sequence for one full training step (forward + backward + Adam) of the n-body model,
 with and without activation checkpointing and token-chunked MLPs, at sp = 1 and sp = 2, and the peak memory
-per token. The ``+local4`` variants add the local geometric context (w = 4, DESIGN §2.4): what it costs.
+per token. The ``+local4`` variants add the local geometric context (w = 4, docs/design.md §2.4): what it costs.
 
 Every point runs in fresh processes (sp = 2: two gloo ranks under torchrun, each holding N/2 tokens), capped
 at ``--cap-gib`` in all (split evenly over the ranks), so "does not fit" means the allocator refused, not that
@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
-PAPER_FORWARD_TOKENS = 3_500_000  # one layer, forward only, 24 GB A10G (DESIGN §2)
-# name -> (activation checkpointing per block, token-chunked MLPs, local context window; DESIGN §2.4)
+PAPER_FORWARD_TOKENS = 3_500_000  # one layer, forward only, 24 GB A10G (docs/design.md §2)
+# name -> (activation checkpointing per block, token-chunked MLPs, local context window; docs/design.md §2.4)
 VARIANTS = {"plain": (False, False, 0), "checkpointing": (True, False, 0), "mlp_chunks": (False, True, 0),
             "checkpointing+mlp_chunks": (True, True, 0), "mlp_chunks+local4": (False, True, 4),
             "checkpointing+mlp_chunks+local4": (True, True, 4)}

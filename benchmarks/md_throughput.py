@@ -9,7 +9,7 @@ times, read as one: 10 frames each), in one process and under `mpiexec -n 2`; wa
 sample). Both runs write the same bytes (checked).
 
 Loader vs step, at sp = 2 (rank 0's token block of every sample): tokens/s the StreamingLoader delivers from the
-store made above, and tokens/s one training step (forward, MSE, backward, Adam) of `configs/md_adk_solvated.yaml`'s
+store made above, and tokens/s one training step (forward, MSE, backward, Adam) of `md_adk_solvated.yaml`'s
 model consumes on that block in one process: a rank's pointwise work without the all-to-alls, so the ratio
 delivery / consumption is a lower bound.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 from benchmarks.loader_throughput import time_loader, train_step  # noqa: E402
 
-CONFIG = harness.ROOT / "configs" / "md_adk_solvated.yaml"
+CONFIG = harness.ROOT / "dist_hyena" / "configs" / "md_adk_solvated.yaml"
 
 
 def preprocess(out: Path, topology: str, trajectories: list[str], ranks: int) -> dict:

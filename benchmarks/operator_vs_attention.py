@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
 MIXERS = ("hyena", "attention", "sdpa")
-PAPER = {"tokens": 20_000, "speedup": 3.5, "memory_ratio": 18.0}  # A10G, forward, one layer (DESIGN §2)
+PAPER = {"tokens": 20_000, "speedup": 3.5, "memory_ratio": 18.0}  # A10G, forward, one layer (docs/design.md §2)
 WIDTHS = dict(head="recall", vector_width=1, scalar_width=16, hidden_width=128, gate_width=8, vector_in=1,
               scalar_in=16)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from dist_hyena.runtime import free_port  # noqa: E402
 
 CONFIG = harness.ROOT / "configs" / "benchmarks" / "sp_block.yaml"
 QUICK = {"sp": [1, 2], "weak_tokens_per_rank": [512], "strong_tokens": [1024], "warmup": 0, "repeats": 1,
@@ -47,7 +47,6 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
 
     from dist_hyena import HyenaConfig
     from dist_hyena.model import HyenaBlock
-    from dist_hyena.nn import VectorScalarMLP
     from dist_hyena.parallel import init_mesh, ledger, shard_sequence
 
     cuda = torch.cuda.is_available()
@@ -63,9 +62,6 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
     cfg = HyenaConfig(conv_mode=job["conv_mode"], sp_strategy=job["strategy"] or "auto", **job["model"])
     torch.manual_seed(0)
     block = HyenaBlock(cfg, mesh).to(device, dtype)
-    for module in block.modules():  # as SE3HyenaModel does for its MLPs (a bare block leaves them unchunked)
-        if isinstance(module, VectorScalarMLP):
-            module.token_chunk = cfg.mlp_token_chunk
     if mesh is not None:
         ledger.name_layers(block)
     gen = torch.Generator().manual_seed(1)
@@ -112,12 +108,6 @@ def _rank(rank: int, world: int, port: int, job: dict, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_job(job: dict) -> dict:
     """Run one (N, sp, strategy, mode) in fresh processes; summarise over ranks."""
     import torch.multiprocessing as mp
@@ -126,7 +116,7 @@ def run_job(job: dict) -> dict:
     load_before = os.getloadavg()[0]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            mp.spawn(_rank, args=(job["sp"], _free_port(), job, tmp), nprocs=job["sp"], join=True)
+            mp.spawn(_rank, args=(job["sp"], free_port(), job, tmp), nprocs=job["sp"], join=True)
             ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(job["sp"])]
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
         # Reported, not hidden: e.g. a run past memory_limit_gib_per_rank.

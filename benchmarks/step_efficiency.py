@@ -1,4 +1,4 @@
-"""Issue "Fast training step": FLOP per token and the achieved fraction of the same-run matmul rate, for the
+"""FLOP per token and the achieved fraction of the same-run matmul rate, for the
 training step (forward, backward, Adam) at the recall and n-body widths, and the speed-up over a previous release
 measured side by side.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
 
-# name -> (HyenaConfig keys, batch, tokens): the issue's table
+# name -> (HyenaConfig keys, batch, tokens): the workloads of benchmarks/README.md, "Make it fast"
 WORKLOADS = {
     "recall, paper widths (hidden 128), 128 tokens x 8": (
         {"head": "recall", "n_blocks": 3, "vector_width": 1, "scalar_width": 16, "hidden_width": 128,

@@ -1,4 +1,4 @@
-"""Issue "Fast training step": which CPU thread policy holds its speed both alone and beside other work.
+"""Which CPU thread policy holds its speed both alone and beside other work.
 
 Each point is a fresh interpreter with the policy's environment (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``: both are
 read when OpenMP starts, so only a fresh process can change them) timing full training steps (forward, backward,

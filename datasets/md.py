@@ -14,13 +14,9 @@ an uninterrupted run with any number of ranks.
 
 import argparse
 import sys
-from pathlib import Path
 
-# A script in datasets/ is not part of the package: make the repository importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dist_hyena.data.cli import add_store_args, run  # noqa: E402
-from dist_hyena.data.md_task import MDParams, MDTask  # noqa: E402
+from dist_hyena.data.cli import add_store_args, run
+from dist_hyena.data.md_task import MDParams, MDTask
 
 
 def main() -> int:

@@ -9,13 +9,9 @@ For data made on the fly without a store, use dist_hyena.data.GeneratedRecall.
 
 import argparse
 import sys
-from pathlib import Path
 
-# A script in datasets/ is not part of the package: make the repository importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dist_hyena.data.build import make_task  # noqa: E402
-from dist_hyena.data.cli import add_common_args, preset_layout, run  # noqa: E402
+from dist_hyena.data.build import make_task
+from dist_hyena.data.cli import add_common_args, preset_layout, run
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""The paper's equivariant vector attention (DESIGN §2.2): the O(N²) baseline that can stand in
+"""The paper's equivariant vector attention (docs/design.md §2.2): the O(N²) baseline that can stand in
 for the long convolution inside the same block.
 
     C_ij = q_i x k_j,   S_ij = softmax_j(|C_ij| / sqrt(N)) C_ij,   u_i = (1/N) sum_j S_ij x v_j
@@ -17,14 +17,20 @@ from torch import nn
 from .ops import CONV_MODES
 
 
+def _is_causal(mode: str) -> bool:
+    if mode not in CONV_MODES:
+        raise ValueError(f"attention mode must be one of {CONV_MODES}, got {mode!r}")
+    return mode == "causal"
+
+
 class VectorAttention(nn.Module):
+    """A mixer of the operator (``dist_hyena.model``, "Mixers"), one process; ``counts`` is not needed."""
+
     def __init__(self, mode: str = "circular"):
         super().__init__()
-        if mode not in CONV_MODES:
-            raise ValueError(f"attention mode must be one of {CONV_MODES}, got {mode!r}")
-        self.causal = mode == "causal"
+        self.causal = _is_causal(mode)
 
-    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv):
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts=None):
         """``q/k/v_eqv`` ``[B, N, C, 3]``, ``q/k/v_inv`` ``[B, N, D]`` -> ``(u_eqv [B, N, C, 3], u_inv [B, N, D])``."""
         n = q_eqv.shape[1]
         mask = None
@@ -44,8 +50,8 @@ class VectorAttention(nn.Module):
         return u_eqv, u_inv
 
 
-class DistanceAttention(VectorAttention):
-    """A stronger baseline (DESIGN §2.2): attention on invariant distances, by
+class DistanceAttention(nn.Module):
+    """A stronger baseline (docs/design.md §2.2): attention on invariant distances, by
     ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels, never an N x N
     matrix in memory).
 
@@ -55,11 +61,14 @@ class DistanceAttention(VectorAttention):
     The logits are rotation-invariant, so u_eqv rotates with v_eqv. The distance expands as
     -|q|^2 + 2 q.k - |k|^2; the -|q_i|^2 term is the same for every j and cancels in the softmax, so the
     logits are one dot product of augmented rows [q_inv, 2 q_eqv, 1] . [k_inv, k_eqv, -|k_eqv|^2].
-    A ``VectorAttention`` in interface (same mode argument, same q, k, v call), so the operator can take
-    either; only the mixing rule differs.
+    A mixer of the operator like every other (``dist_hyena.model``, "Mixers"); one process.
     """
 
-    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv):
+    def __init__(self, mode: str = "circular"):
+        super().__init__()
+        self.causal = _is_causal(mode)
+
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts=None):
         """``q/k/v_eqv`` ``[B, N, C, 3]``, ``q/k/v_inv`` ``[B, N, D]`` -> ``(u_eqv [B, N, C, 3], u_inv [B, N, D])``."""
         b, n, c, _ = q_eqv.shape
         d = q_inv.shape[-1]

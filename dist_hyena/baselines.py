@@ -11,13 +11,13 @@ and v_i the other (translation-invariant) vector channels of token i, each outpu
 with learned scalars a, b per output channel: linear in the input vectors, equivariant to rotations (scalar
 coefficients), translations (positions are centred, the centroid added back) and token permutations. The mean
 of a centred position is zero, so its b term is dropped. Scalar inputs cannot enter a map that is both linear and
-rotation-equivariant; the scalar outputs are zeros. ``mixer="linear"`` in ``HyenaConfig`` selects it through
+rotation-equivariant; the scalar outputs are zeros. ``baseline="linear"`` in ``HyenaConfig`` selects it through
 :func:`build_model`, which is how the trainer builds every model.
 
-``EGNNBaseline`` (``mixer="egnn"``) is the E(n)-equivariant graph network of Satorras, Hoogeboom and Welling
+``EGNNBaseline`` (``baseline="egnn"``) is the E(n)-equivariant graph network of Satorras, Hoogeboom and Welling
 (2021), written from the paper's equations: its n-body model (§5.1; messages over the fully connected graph of a
 sample's tokens, charge products as edge attributes, the velocity-form coordinate update), O(N²) and one process.
-It is the pairwise-message model DESIGN §2.4 compares SE(3)-Hyena against.
+It is the pairwise-message model docs/design.md §2.4 compares SE(3)-Hyena against.
 """
 
 from __future__ import annotations
@@ -164,12 +164,12 @@ class EGNNBaseline(nn.Module):
 
 
 def build_model(cfg: HyenaConfig, mesh=None) -> nn.Module:
-    """The model ``cfg`` describes: ``LinearBaseline`` for ``mixer="linear"``, ``EGNNBaseline`` for
-    ``mixer="egnn"``, else ``SE3HyenaModel``."""
+    """The model ``cfg`` describes: ``LinearBaseline`` for ``baseline="linear"``, ``EGNNBaseline`` for
+    ``baseline="egnn"``, else ``SE3HyenaModel``."""
     baselines = {"linear": LinearBaseline, "egnn": EGNNBaseline}
-    if cfg.mixer in baselines:
+    if cfg.baseline is not None:
         if mesh is not None and mesh.sp > 1:
-            raise ValueError(f"mixer={cfg.mixer!r} is a one-process baseline; sequence parallelism needs "
-                             "mixer='hyena'")
-        return baselines[cfg.mixer](cfg)
+            raise ValueError(f"baseline={cfg.baseline!r} is a one-process baseline; sequence parallelism needs "
+                             "SE3HyenaModel with mixer='hyena'")
+        return baselines[cfg.baseline](cfg)
     return SE3HyenaModel(cfg, mesh=mesh)

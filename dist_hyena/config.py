@@ -1,4 +1,4 @@
-"""Model configuration. The defaults reproduce the paper's n-body model (DESIGN §2.1)."""
+"""Model configuration. The defaults reproduce the paper's n-body model (docs/design.md §2.1)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 from .nn.clifford import GATE_INVARIANTS
 from .ops import CONV_MODES
+from .parallel.conv import STRATEGIES
 
 HEADS = ("nbody", "recall")
-MIXERS = ("hyena", "attention", "sdpa", "none", "linear", "egnn")
-SP_STRATEGIES = ("auto", "channels", "fft")
+MIXERS = ("hyena", "attention", "sdpa", "none")
+BASELINES = ("linear", "egnn")
+SP_STRATEGIES = STRATEGIES  # the sequence-parallel convolution's own list
 RECALL_READOUTS = ("mean", "query")
 
 
@@ -23,11 +25,13 @@ class HyenaConfig:
     channels wide (the gating MLP ``gate_width``). ``mixer``: ``hyena`` (FFT long convolution), ``attention``
     (the paper's O(N²) vector attention) or ``sdpa`` (invariant-distance attention on
     ``scaled_dot_product_attention``, never N x N in memory) or ``none`` (no global mixing: the operator's
-    context is zero, an ablation) or ``linear`` (no blocks at all: the paper's
-    linear baseline, an equivariant linear map of the input vectors, ``dist_hyena.baselines.LinearBaseline``) or
-    ``egnn`` (no blocks either: an E(n)-equivariant graph network, Satorras et al. 2021, over the fully connected
-    graph of a sample's tokens, ``n_blocks`` layers of width ``hidden_width``, ``dist_hyena.baselines.EGNNBaseline``;
-    ``linear`` and ``egnn`` are one-process models; build models with ``dist_hyena.baselines.build_model``).
+    context is zero, an ablation); every mixer is called alike (``dist_hyena.model``, "Mixers").
+    ``baseline`` (default None: SE(3)-Hyena) selects a whole other model instead: ``linear`` (the paper's linear
+    baseline, an equivariant linear map of the input vectors, ``dist_hyena.baselines.LinearBaseline``) or ``egnn``
+    (an E(n)-equivariant graph network, Satorras et al. 2021, over the fully connected graph of a sample's tokens,
+    ``n_blocks`` layers of width ``hidden_width``, ``dist_hyena.baselines.EGNNBaseline``); both are one-process
+    models; build models with ``dist_hyena.baselines.build_model``. ``mixer="linear"`` or ``"egnn"``, the spelling
+    of configs saved before ``baseline`` existed, is read as that baseline.
     ``linear_path``: the input embedding and the head add an equivariant linear map of their input to the
     Clifford MLP's output (the MLP alone is layer-normed, so its output cannot grow with its input).
     ``layer_norm``: the Clifford MLPs' layer norm (the paper's; off is an ablation). ``gate_invariant``: what
@@ -36,7 +40,7 @@ class HyenaConfig:
     ``mlp_token_chunk``: when set, every
     MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
     chunk by chunk there (``VectorScalarMLP``); it also token-chunks the local context.
-    ``local_window`` (w, default 0): every block adds the local geometric context (DESIGN §2.4,
+    ``local_window`` (w, default 0): every block adds the local geometric context (docs/design.md §2.4,
     ``dist_hyena.local_context``) over the w sequence neighbours on each side (``causal``: before) before its
     operator; 0 is exactly the paper's model (same parameters, same outputs). ``local_hidden``: the width of its
     pair MLP (an ordinary MLP of invariants, far cheaper per unit of width than a Clifford MLP).
@@ -56,6 +60,7 @@ class HyenaConfig:
 
     head: str = "nbody"
     mixer: str = "hyena"
+    baseline: str | None = None
     conv_mode: str = "circular"
     sp_strategy: str = "auto"
     n_blocks: int = 2
@@ -82,6 +87,10 @@ class HyenaConfig:
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
+        if self.mixer in BASELINES and self.baseline is None:  # a config saved when baselines were mixers
+            self.mixer, self.baseline = "hyena", self.mixer
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ValueError(f"HyenaConfig.baseline must be None or one of {BASELINES}, got {self.baseline!r}")
         for name, allowed in (("head", HEADS), ("mixer", MIXERS), ("conv_mode", CONV_MODES),
                               ("sp_strategy", SP_STRATEGIES), ("recall_readout", RECALL_READOUTS),
                               ("gate_invariant", GATE_INVARIANTS)):

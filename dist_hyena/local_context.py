@@ -1,4 +1,4 @@
-"""Local geometric context (DESIGN §2.4): an equivariant short convolution over sequence neighbours.
+"""Local geometric context (docs/design.md §2.4): an equivariant short convolution over sequence neighbours.
 
 For token i and each tap δ (``circular``: δ ∈ {-w … w} \\ {0}, indices mod N; ``causal``: δ ∈ {-w … -1}, taps
 before the first token absent) the pair (i, j = i + δ) gives the vectors
@@ -17,7 +17,7 @@ nothing, and training starts from the paper's block. O(N·w) time and memory; wi
 activations exist one chunk of tokens at a time (recomputed in backward).
 
 Under sequence parallelism each rank extends its block by the 2w (causal: w) neighbouring tokens' inputs, with
-``dist_hyena.parallel.halo_exchange`` (DESIGN §3.6); the rest is token-wise.
+``dist_hyena.parallel.halo_exchange`` (docs/design.md §3.6); the rest is token-wise.
 """
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ class LocalContext(nn.Module):
     shapes, on this rank's token block (``counts``: every SP rank's token count; one process: ``[n]``)."""
 
     ledger_name = "local_context"
-    token_chunk: int | None = None
 
     def __init__(self, window: int, mode: str, n_vector: int, n_scalar: int, n_position: int, hidden: int,
-                 mesh=None):
+                 mesh=None, token_chunk: int | None = None):
         super().__init__()
         if window < 1:
             raise ValueError(f"LocalContext needs a window >= 1, got {window}")
         self.window, self.mode, self.mesh = window, mode, mesh
+        self.token_chunk = token_chunk
         self.cv, self.d, self.p = n_vector, n_scalar, n_position
         self.offsets = taps(window, mode)
         n_v = n_position + 2 * n_vector

@@ -1,4 +1,4 @@
-"""SE(3)-Hyena (DESIGN §2.1): operator, block and model with the n-body and recall heads.
+"""SE(3)-Hyena (docs/design.md §2.1): operator, block and model with the n-body and recall heads.
 
 Data layout everywhere: vectors ``[B, N, C, 3]``, scalars ``[B, N, D]``; dim 1 is the token
 dim. Under sequence parallelism each rank holds a contiguous block of tokens; the only
@@ -18,16 +18,20 @@ from .local_context import LocalContext
 from .nn import VectorScalarMLP
 from .ops import circular_conv, cross_conv
 
+# Mixers: the operator's global context. Every mixer is called alike,
+#     mixer(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts) -> (u_eqv [B, n, Cv, 3], u_inv [B, n, D])
+# on this rank's token block (``q/k/v_eqv [B, n, Cv, 3]``, ``q/k/v_inv [B, n, D]``, ``counts`` every SP rank's token
+# count or None). The long convolutions filter q by k and leave the values to the operator; attention weighs them.
+
 
 class LocalConv(nn.Module):
-    """The global context of one process: FFT convolutions over the whole sequence."""
+    """The global context of one process: FFT convolutions over the whole sequence (values unused)."""
 
     def __init__(self, mode: str):
         super().__init__()
         self.mode = mode
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts=None):
-        """``[B, N, C, 3]`` x2, ``[B, N, D]`` x2 -> ``(u_eqv [B, N, C, 3], u_inv [B, N, D])``."""
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts=None):
         return cross_conv(q_eqv, k_eqv, self.mode), circular_conv(q_inv, k_inv, self.mode)
 
 
@@ -35,21 +39,21 @@ def mlp(cfg: HyenaConfig, vectors_in: int, scalars_in: int, vectors_out: int, sc
         hidden: int | None = None, linear_path: bool = False) -> VectorScalarMLP:
     """A token-wise Clifford MLP of the model (``hidden_width`` wide unless told), with the config's options."""
     return VectorScalarMLP(vectors_in, scalars_in, vectors_out, scalars_out, hidden or cfg.hidden_width,
-                           cfg.mlp_layers, layer_norm=cfg.layer_norm, linear_path=linear_path,
+                           cfg.mlp_layers, cfg.mlp_token_chunk, layer_norm=cfg.layer_norm, linear_path=linear_path,
                            gate_invariant=cfg.gate_invariant)
 
 
 class NoContext(nn.Module):
     """No global mixing (``mixer="none"``, an ablation): the context is zero, the block is token-wise."""
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts=None):
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts=None):
         return torch.zeros_like(q_eqv), torch.zeros_like(q_inv)
 
 
 def _global_context(cfg: HyenaConfig, mesh) -> nn.Module:
-    if cfg.mixer in ("linear", "egnn"):
-        raise ValueError(f"mixer={cfg.mixer!r} is a baseline model, not a mixer of SE3HyenaModel: build it with "
-                         "dist_hyena.baselines.build_model")
+    if cfg.baseline is not None:
+        raise ValueError(f"baseline={cfg.baseline!r} is a model of its own, not a part of SE3HyenaModel: build it "
+                         "with dist_hyena.baselines.build_model")
     if cfg.mixer in ("attention", "sdpa"):
         if mesh is not None and mesh.sp > 1:
             raise ValueError(f"mixer={cfg.mixer!r} is a one-process attention baseline; "
@@ -133,10 +137,7 @@ class HyenaOperator(nn.Module):
             gates, source = gates.chunk(2, dim=-1)
             source = torch.relu(source)
             q_eqv, q_inv = q_eqv * source[..., : self.cv, None], q_inv * source[..., self.cv :]
-        if isinstance(self.context, VectorAttention):
-            u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv)
-        else:
-            u_eqv, u_inv = self.context(q_eqv, k_eqv, q_inv, k_inv, counts)
+        u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts)
         if self.context_norm:
             u_eqv, u_inv = normalise_context(u_eqv, u_inv, sum(counts), self.mesh)
         u_eqv = torch.sigmoid(gates[..., : self.cv, None]) * u_eqv
@@ -155,7 +156,7 @@ class HyenaBlock(nn.Module):
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
         if cfg.local_window:
             self.local = LocalContext(cfg.local_window, cfg.conv_mode, self.cv, self.d,
-                                      len(cfg.position_channels), cfg.local_hidden, mesh)
+                                      len(cfg.position_channels), cfg.local_hidden, mesh, cfg.mlp_token_chunk)
         self.operator = HyenaOperator(cfg, mesh)
         self.mlp = mlp(cfg, self.cv, self.d, self.cv, self.d)
         self.mesh = mesh
@@ -216,9 +217,6 @@ class SE3HyenaModel(nn.Module):
         self.embed_in = mlp(cfg, cfg.vector_in, cfg.scalar_in, cv, d, linear_path=cfg.linear_path)
         self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
         self.head = mlp(cfg, cv, d, cfg.vector_out, cfg.scalar_out, linear_path=cfg.linear_path)
-        for module in self.modules():
-            if isinstance(module, VectorScalarMLP | LocalContext):
-                module.token_chunk = cfg.mlp_token_chunk
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg

@@ -93,6 +93,29 @@ def slurm_hostnames(nodelist: str) -> list[str]:
     return out.split()
 
 
+def launcher_of(env: Mapping[str, str]) -> str:
+    """Whose variables describe this process: the torch ones win (torchrun inside an ``srun`` allocation is
+    launched by torchrun), then Open MPI, then PMI, then ``srun``; "none" without any."""
+    if all(k in env for k in _TORCH_VARS):
+        return "torch"
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return "openmpi"
+    if "PMI_RANK" in env and "PMI_SIZE" in env:
+        return "pmi"
+    if "SLURM_STEP_NUM_TASKS" in env:
+        return "slurm"
+    return "none"
+
+
+def local_rank_from(env: Mapping[str, str]) -> int:
+    """This process's index among the ranks of its node, from the launcher :func:`launcher_of` picks (0 when
+    that launcher does not say, or without one). The one reading of it: training and preprocessing agree."""
+    keys = {"torch": ("LOCAL_RANK",), "openmpi": ("OMPI_COMM_WORLD_LOCAL_RANK",),
+            "pmi": ("MPI_LOCALRANKID", "PMI_LOCAL_RANK"), "slurm": ("SLURM_LOCALID",), "none": ()}[launcher_of(env)]
+    key = next((k for k in keys if k in env), None)
+    return _int(env, key) if key else 0
+
+
 def launch_env_from(
     env: Mapping[str, str], hostnames: Callable[[str], list[str]] = slurm_hostnames
 ) -> LaunchEnv:
@@ -106,41 +129,36 @@ def launch_env_from(
     """
     addr = env.get("MASTER_ADDR", "")
     port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else None
+    launcher, local = launcher_of(env), local_rank_from(env)
 
-    if all(k in env for k in _TORCH_VARS):
-        launcher, rank, world = "torch", _int(env, "RANK"), _int(env, "WORLD_SIZE")
-        local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
+    if launcher == "torch":
+        rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
         if world > 1 and (not addr or port is None):
             raise ValueError(
                 f"RANK={rank} and WORLD_SIZE={world} are set but MASTER_ADDR/MASTER_PORT are not; "
                 "the launcher must export both"
             )
-    elif "OMPI_COMM_WORLD_RANK" in env:
-        launcher = "openmpi"
+    elif launcher == "openmpi":
         rank, world = _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE")
-        local = _int(env, "OMPI_COMM_WORLD_LOCAL_RANK")
         one_node = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") == world
         addr = addr or ("127.0.0.1" if one_node else "")
         port = port or _derived_port(env.get("PMIX_NAMESPACE") or env.get("OMPI_MCA_ess_base_jobid", "ompi"))
-    elif "PMI_RANK" in env and "PMI_SIZE" in env:
-        launcher, rank, world = "pmi", _int(env, "PMI_RANK"), _int(env, "PMI_SIZE")
-        local_key = next((k for k in ("MPI_LOCALRANKID", "PMI_LOCAL_RANK") if k in env), None)
-        local = _int(env, local_key) if local_key else 0
+    elif launcher == "pmi":
+        rank, world = _int(env, "PMI_RANK"), _int(env, "PMI_SIZE")
         one_node = "MPI_LOCALNRANKS" in env and _int(env, "MPI_LOCALNRANKS") == world
         addr = addr or ("127.0.0.1" if one_node else "")
         port = port or _derived_port(env.get("PMI_KVSNAME") or env.get("PMI_JOBID", "pmi"))
-    elif "SLURM_STEP_NUM_TASKS" in env:
+    elif launcher == "slurm":
         # SLURM_STEP_* exist only inside an srun step; the batch script itself (one process
         # holding the whole allocation's SLURM_NTASKS) must not count as a multi-rank world.
-        launcher, rank, world = "slurm", _int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS")
-        local = _int(env, "SLURM_LOCALID")
+        rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS")
         if not addr:
             nodelist = env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]
             single_host = not any(c in nodelist for c in "[],")
             addr = nodelist if single_host else hostnames(nodelist)[0]
         port = port or _derived_port(f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}")
     else:
-        launcher, rank, world, local = "none", 0, 1, 0
+        rank, world = 0, 1
         addr = addr or "127.0.0.1"
         port = port or 0  # 0: init_distributed picks a free port (nobody else needs to find it)
 
@@ -149,7 +167,8 @@ def launch_env_from(
     return LaunchEnv(launcher, rank, world, local, addr, port)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -210,7 +229,7 @@ def init_distributed(timeout_s: float = 300.0) -> Runtime:
     if not addr:
         addr = _mpi_master_addr(launch.rank)
     if port == 0:
-        port = _free_port()
+        port = free_port()
 
     on_gpu = torch.cuda.is_available()
     backend = "nccl" if on_gpu else "gloo"

@@ -10,11 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so a checkout runs as is
-
-from dist_hyena.config import HyenaConfig  # noqa: E402
-from dist_hyena.train.checkpoint import complete_tags  # noqa: E402
-from dist_hyena.train.export import export_checkpoint  # noqa: E402
+from dist_hyena.config import HyenaConfig
+from dist_hyena.train.checkpoint import complete_tags
+from dist_hyena.train.export import export_checkpoint
 
 
 def main(argv=None) -> int:

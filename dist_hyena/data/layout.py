@@ -1,4 +1,4 @@
-"""Store layout facts shared by writers and readers (DESIGN §4.3).
+"""Store layout facts shared by writers and readers (docs/design.md §4.3).
 
 A store holds one group per split; every array is indexed by sample first, chunked
 along samples (`samples_per_chunk`, the unit of preprocessing work) and, where it has
@@ -55,12 +55,3 @@ def unit_range(unit: int, n_samples: int, samples_per_chunk: int) -> tuple[int, 
     start = unit * samples_per_chunk
     return start, min(start + samples_per_chunk, n_samples)
 
-
-def token_block(n_tokens: int, sp_rank: int, sp_size: int) -> tuple[int, int]:
-    """Contiguous token block [start, stop) of an SP rank, split like torch.tensor_split:
-    the first n_tokens % sp_size ranks hold one extra token."""
-    if not 0 <= sp_rank < sp_size:
-        raise ValueError(f"sp_rank must be in [0, {sp_size}), got {sp_rank}")
-    base, extra = divmod(n_tokens, sp_size)
-    start = sp_rank * base + min(sp_rank, extra)
-    return start, start + base + (1 if sp_rank < extra else 0)

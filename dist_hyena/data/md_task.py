@@ -19,7 +19,9 @@ Reading a frame is deterministic, so the samples a rank writes do not depend on 
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,25 @@ class MDParams:
                 raise ValueError(f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
 
 
+def _attempt(make):
+    """(make(), None), or (None, "Type: message") when it raises. MDAnalysis runs quietly: no warnings about the
+    attributes it guesses for plain formats, and no second error from a reader that failed in __init__ and fails
+    again when collected (its __del__ finds no file to close): the error is kept as text only, so the failed
+    reader goes at once, while the unraisable hook is silenced."""
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return make(), None
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"
+        gc.collect()
+        return None, error
+    finally:
+        sys.unraisablehook = hook
+
+
 def _check_file(path: str, role: str) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -73,41 +94,30 @@ def open_universe(topology: str, trajectories: tuple[str, ...] | list[str]):
     _check_file(topology, "topology")
     for t in trajectories:
         _check_file(t, "trajectory")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MDAnalysis warns about guessed attributes of plain formats
-            top = mda.Universe(topology)
-    except Exception as e:
-        raise ValueError(f"topology {topology}: MDAnalysis cannot read it ({type(e).__name__}: {e})") from None
+    top, error = _attempt(lambda: mda.Universe(topology))
+    if error:
+        raise ValueError(f"topology {topology}: MDAnalysis cannot read it ({error})")
     for t in trajectories:
         n_atoms = _atoms_in(t)
         if n_atoms is not None and n_atoms != top.atoms.n_atoms:
             raise ValueError(f"trajectory {t} has {n_atoms} atoms, topology {topology} has {top.atoms.n_atoms}")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                mda.Universe(topology, t)
-        except Exception as e:
-            raise ValueError(f"trajectory {t}: MDAnalysis cannot read it with topology {topology} "
-                             f"({type(e).__name__}: {e})") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return mda.Universe(topology, *trajectories)
+        _, error = _attempt(lambda t=t: mda.Universe(topology, t))
+        if error:
+            raise ValueError(f"trajectory {t}: MDAnalysis cannot read it with topology {topology} ({error})")
+    return _attempt(lambda: mda.Universe(topology, *trajectories))[0]
 
 
 def _atoms_in(trajectory: str) -> int | None:
     """The atom count a trajectory file states by itself (DCD, XTC, TRR, NetCDF do), else None."""
     from MDAnalysis.coordinates.core import get_reader_for
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reader = get_reader_for(trajectory)(trajectory)
-            n = reader.n_atoms
-            reader.close()
+    def count() -> int:
+        reader = get_reader_for(trajectory)(trajectory)
+        n = reader.n_atoms
+        reader.close()
         return int(n)
-    except Exception:  # a format that needs its topology to be read, or none MDAnalysis knows: see the caller
-        return None
+
+    return _attempt(count)[0]  # None: a format that needs its topology to be read, or none MDAnalysis knows
 
 
 def split_frames(n_frames: int, delta: int, val: int | None, test: int | None,

@@ -1,4 +1,4 @@
-"""n-body samples (DESIGN §4.1): seeded initial conditions, simulation, token order.
+"""n-body samples (docs/design.md §4.1): seeded initial conditions, simulation, token order.
 
 Every sample's randomness comes from its own generator, seeded by (dataset seed, split,
 sample index), so the bytes of a sample do not depend on which rank makes it or which
@@ -8,6 +8,7 @@ other samples are simulated beside it.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from dist_hyena.data.layout import ArraySpec, sample_rng
 from dist_hyena.data.simulate import simulate_leapfrog, simulate_nri
-from dist_hyena.data.work import local_rank
+from dist_hyena.runtime import local_rank_from
 
 TOKEN_ORDERS = ("index", "radial")
 # Below this many body pairs per simulated batch, the simulation runs on one CPU thread.
@@ -124,7 +125,7 @@ def _default_device() -> str:
     """A GPU when there is one: each rank of a node its own."""
     if not torch.cuda.is_available():
         return "cpu"
-    return f"cuda:{local_rank() % torch.cuda.device_count()}"
+    return f"cuda:{local_rank_from(os.environ) % torch.cuda.device_count()}"
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Readers: one split's samples, as model inputs for a token block (DESIGN §4.4).
+"""Readers: one split's samples, as model inputs for a token block (docs/design.md §4.4).
 
 `StoreReader` reads a finished zarr store, decoding only the chunks that overlap the
 requested token block, caching decoded regions; its task (`dist_hyena.tasks`) says which arrays

@@ -1,4 +1,4 @@
-"""Equivariant associative recall (DESIGN §4.2), at any length.
+"""Equivariant associative recall (docs/design.md §4.2), at any length.
 
 A sample is a sequence of (key, value) vector bigrams followed by a query key; the target
 is the value paired with that key earlier (always present). Vocabulary vectors have

@@ -1,4 +1,4 @@
-"""Charged-particle physics in torch (DESIGN §4.1), vectorised over samples.
+"""Charged-particle physics in torch (docs/design.md §4.1), vectorised over samples.
 
 Bodies have unit mass and charges q_i = ±1; the force on body i is
 F_i = Σ_{j≠i} q_i q_j (x_i − x_j) / (|x_i − x_j|² + ε²)^{3/2} (like charges repel).

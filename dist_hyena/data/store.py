@@ -1,4 +1,4 @@
-"""zarr v3 stores: create or resume, write work units, finalise, verify, open (DESIGN §4.3).
+"""zarr v3 stores: create or resume, write work units, finalise, verify, open (docs/design.md §4.3).
 
 Write protocol (robust to a rank being killed at any point):
 1. rank 0 creates the store (or checks that an existing one was made with the same

@@ -1,4 +1,4 @@
-"""Streaming batches to DP x SP ranks (DESIGN §4.4).
+"""Streaming batches to DP x SP ranks (docs/design.md §4.4).
 
 Each epoch has a seeded permutation of the split's samples; DP rank r takes the r-th
 contiguous share of it, so DP ranks see disjoint samples. All SP ranks of a group take
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dist_hyena.data.layout import token_block
 from dist_hyena.data.readers import GeneratedRecall, StoreReader
+from dist_hyena.parallel.mesh import token_block
 
 
 def epoch_batches(

@@ -13,8 +13,6 @@ from typing import Any
 
 # Set by MPI launchers (Open MPI, MPICH/Hydra, Slurm's PMI) in every rank's environment.
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
-# A rank's index among the ranks of its node, as each launcher names it.
-_LOCAL_RANK_ENV = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK")
 
 
 class SerialComm:
@@ -50,10 +48,3 @@ def my_share(items: list, rank: int, size: int) -> list:
     """Round-robin share of `rank`: neighbouring units (similar cost) go to different ranks."""
     return items[rank::size]
 
-
-def local_rank() -> int:
-    """This process's index among the ranks on its node (0 when not launched as a rank)."""
-    for key in _LOCAL_RANK_ENV:
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0

@@ -32,12 +32,11 @@ class VectorScalarMLP(nn.Module):
     extra forward), so no multivector or hidden activation spans the whole sequence.
     """
 
-    token_chunk: int | None = None
-
     def __init__(self, vectors_in: int, scalars_in: int, vectors_out: int, scalars_out: int, hidden: int,
-                 n_layers: int = 1, **options):
+                 n_layers: int = 1, token_chunk: int | None = None, **options):
         super().__init__()
         self.vectors_out, self.scalars_out = vectors_out, scalars_out
+        self.token_chunk = token_chunk
         self.mlp = CliffordMLP(vectors_in + scalars_in, vectors_out + scalars_out, hidden, n_layers, **options)
 
     def _map(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Sequence-parallel long convolution: the local FFT convolutions of ``dist_hyena.ops``, distributed.
 
-Two strategies (DESIGN §3.2, §3.3), both exact:
+Two strategies (docs/design.md §3.2, §3.3), both exact:
 - ``channels`` (DeepSpeed-Ulysses style): switch the packed conv inputs to channel layout,
   run the unchanged local ``cross_conv`` / ``circular_conv`` over all N tokens of this
   rank's channel groups, switch back. Any N; needs at least P channel groups.
@@ -39,6 +39,13 @@ def resolve_strategy(strategy: str, n_groups: int, sp: int) -> str:
             "(vector + scalar channels); use sp_strategy 'fft' or 'auto'"
         )
     return strategy
+
+
+def packed_widths(partition: list[tuple[range, range]]) -> tuple[list[int], list[int]]:
+    """Numbers a token that each part of a :func:`channel_partition` receives in channel layout (q and k: 2 x 3
+    for a vector channel, 2 for a scalar one) and sends back (u: 3 and 1)."""
+    widths_out = [VECTOR_WEIGHT * len(v) + SCALAR_WEIGHT * len(s) for v, s in partition]
+    return [2 * w for w in widths_out], widths_out
 
 
 def channel_partition(n_vector: int, n_scalar: int, parts: int) -> list[tuple[range, range]]:
@@ -100,7 +107,8 @@ class SequenceParallelConv(nn.Module):
     def extra_repr(self) -> str:
         return f"sp={self.mesh.sp}, strategy={self.strategy}, mode={self.mode}"
 
-    def forward(self, q_eqv, k_eqv, q_inv, k_inv, counts: list[int] | None = None):
+    def forward(self, q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts: list[int] | None = None):
+        """A mixer of the operator (``dist_hyena.model``, "Mixers"): the values are left to the operator."""
         b, n = q_eqv.shape[:2]
         cv, d = self.n_vector, self.n_scalar
         for name, t, shape in (("q_eqv", q_eqv, (b, n, cv, 3)), ("k_eqv", k_eqv, (b, n, cv, 3)),
@@ -122,8 +130,7 @@ class SequenceParallelConv(nn.Module):
         """Layout switch, the local ops on full-length channel groups, switch back: ``[B, n, 3Cv + D]``."""
         vec_qk = torch.cat([q_eqv, k_eqv], -1).flatten(2)  # per vector channel: q (3), k (3)
         packed = torch.cat([vec_qk, torch.stack([q_inv, k_inv], -1).flatten(2)], -1)
-        widths_in = [6 * len(v) + 2 * len(s) for v, s in self.partition]
-        widths_out = [3 * len(v) + len(s) for v, s in self.partition]
+        widths_in, widths_out = packed_widths(self.partition)
         vec, sca = self.partition[self.mesh.sp_rank]
         full = to_channel_layout(packed, counts, widths_in, self.mesh, self.ledger_name)  # [B, N, w_in]
         vec_in = full[..., : 6 * len(vec)].unflatten(-1, (len(vec), 6))

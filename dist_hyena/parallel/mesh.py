@@ -24,6 +24,16 @@ def split_sizes(total: int, parts: int) -> list[int]:
     return [base + 1 if i < extra else base for i in range(parts)]
 
 
+def token_block(n_tokens: int, sp_rank: int, sp_size: int) -> tuple[int, int]:
+    """``(start, stop)`` of SP rank ``sp_rank``'s contiguous block of ``n_tokens``, the :func:`split_sizes` split
+    (what the model's ranks hold and what the data readers read for them)."""
+    if not 0 <= sp_rank < sp_size:
+        raise ValueError(f"sp_rank must be in [0, {sp_size}), got {sp_rank}")
+    sizes = split_sizes(n_tokens, sp_size)
+    start = sum(sizes[:sp_rank])
+    return start, start + sizes[sp_rank]
+
+
 @dataclass(frozen=True)
 class Mesh:
     """A 2-D mesh (dp, sp) over the default process group; build it with :func:`init_mesh`."""
@@ -45,9 +55,7 @@ class Mesh:
 
     def token_block(self, n_tokens: int) -> tuple[int, int]:
         """``(start, stop)`` of this rank's contiguous block of a sequence of ``n_tokens``."""
-        sizes = split_sizes(n_tokens, self.sp)
-        start = sum(sizes[: self.sp_rank])
-        return start, start + sizes[self.sp_rank]
+        return token_block(n_tokens, self.sp_rank, self.sp)
 
     def token_counts(self, n_local: int, device: torch.device | str = "cpu", layer: str = "") -> list[int]:
         """Token counts of every SP rank, given this rank's (one tiny all-reduce, logged as ``token_counts``).

@@ -1,4 +1,4 @@
-"""Distributed FFT over token-sharded signals: the six-step (Bailey) algorithm, DESIGN §3.3.
+"""Distributed FFT over token-sharded signals: the six-step (Bailey) algorithm, docs/design.md §3.3.
 
 A signal of length L = Q·M is a Q x M matrix A[r, m] = x[r·M + m]. Rank r holds row r
 (its token block of M tokens). With k = k1 + Q·k2:

@@ -25,7 +25,7 @@ min(w, a_r) rows (the w tokens before a_r that exist); ``circular``, the 2w posi
 from __future__ import annotations
 
 from ..ops import conv_length
-from .conv import channel_partition, resolve_strategy
+from .conv import channel_partition, packed_widths, resolve_strategy
 from .mesh import split_sizes
 
 INT64_BYTES = 8
@@ -45,8 +45,7 @@ def conv_bytes(strategy: str, mode: str, n_tokens: int, sp: int, n_vector: int, 
     if strategy == "channels":
         counts = split_sizes(n_tokens, sp)
         parts = channel_partition(n_vector, n_scalar, sp)
-        w_in = [6 * len(v) + 2 * len(s) for v, s in parts]
-        w_out = [3 * len(v) + len(s) for v, s in parts]
+        w_in, w_out = packed_widths(parts)
         scale = batch * itemsize
         out["to_channel_layout"] = scale * sum(n * (sum(w_in) - w) for n, w in zip(counts, w_in, strict=True))
         out["to_token_layout"] = scale * sum(w * (n_tokens - n) for n, w in zip(counts, w_out, strict=True))

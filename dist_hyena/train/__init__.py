@@ -1,7 +1,7 @@
-"""Training with DeepSpeed over a dp × sp mesh (issue 5; DESIGN §3.4, §5).
+"""Training with DeepSpeed over a dp × sp mesh (docs/design.md §3.4, §5).
 
     from dist_hyena.train import load_config, train
-    train(load_config("configs/default.yaml", ["optim.lr=3e-4"]), resume=True)
+    train(load_config("dist_hyena/configs/default.yaml", ["optim.lr=3e-4"]), resume=True)
 
 `dist_hyena.train.export.load_exported(path)` loads an exported model without DeepSpeed.
 """

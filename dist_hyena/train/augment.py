@@ -2,7 +2,7 @@
 
 ``permute``: particle order in an n-body system is arbitrary, so every training sample's tokens are shuffled
 (inputs and targets alike) by a fresh random permutation. The model, which is not permutation-equivariant
-(DESIGN §2.1), then sees each system in many orders. Drawn from torch's global generator, whose state every
+(docs/design.md §2.1), then sees each system in many orders. Drawn from torch's global generator, whose state every
 checkpoint saves, so a resumed run draws the same permutations.
 """
 

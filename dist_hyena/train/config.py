@@ -1,8 +1,9 @@
 """Run configuration: typed, strict YAML (`configs/*.yaml`) plus `section.key=value` overrides.
 
-Every section is a dataclass; unknown keys and values of the wrong type are errors that
-name the file, the dotted key and the value. The `model` section is `HyenaConfig` itself,
-except its input widths, which come from the dataset (`vector_in`, `scalar_in`).
+`dist_hyena/configs/default.yaml` holds every default; a run config and the overrides replace the keys they name.
+Every section is a dataclass; unknown keys and values of the wrong type are errors that name the file, the
+dotted key and the value. The `model` section is `HyenaConfig` itself, except its input widths, which come
+from the dataset (`vector_in`, `scalar_in`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,92 +19,94 @@ import yaml
 
 from dist_hyena.config import HyenaConfig
 
-# The repository's configs/ (this file is dist_hyena/train/config.py).
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+# The run and DeepSpeed configs shipped inside the package (package data: an installed package has them too).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = SHIPPED_CONFIGS / "default.yaml"
 
 
 class ConfigError(ValueError):
     """A bad run configuration; the message names the file and the dotted key."""
 
 
+# Every field below is required: its default is its value in default.yaml, the one place defaults live.
 @dataclass
 class RunSection:
-    name: str = "default"
-    seed: int = 0  # model initialisation and data order
-    out_dir: str = "runs"  # metrics, TensorBoard, checkpoints and plots go to out_dir/name/
+    name: str
+    seed: int  # model initialisation and data order
+    out_dir: str  # metrics, TensorBoard, checkpoints and plots go to out_dir/name/
 
 
 @dataclass
 class DataSection:
-    path: str = "data/nbody_small"  # zarr store directory
-    source: Literal["store", "generated"] = "store"  # "generated": recall made on the fly, no store
-    preset: str = "nbody5"  # dist_hyena.data preset used to create a missing store
-    seed: int = 0  # dataset generation seed
-    generate: dict[str, Any] = field(default_factory=dict)  # generate_store keyword arguments
-    num_workers: int = 0
-    prefetch: int = 2
+    path: str  # zarr store directory
+    source: Literal["store", "generated"]  # "generated": recall made on the fly, no store
+    preset: str  # dist_hyena.data preset used to create a missing store
+    seed: int  # dataset generation seed
+    generate: dict[str, Any]  # generate_store keyword arguments
+    num_workers: int
+    prefetch: int
     # Training batches only: "permute" shuffles each n-body sample's tokens (particle order is arbitrary; sp = 1).
-    augment: Literal["none", "permute"] = "none"
+    augment: Literal["none", "permute"]
 
 
 @dataclass
 class ParallelSection:
-    sp: int = 1  # sequence-parallel ranks per sample; dp = world // sp
-    timeout_s: float = 300.0  # rendezvous and every collective: a rank whose peer died raises after this
+    sp: int  # sequence-parallel ranks per sample; dp = world // sp
+    timeout_s: float  # rendezvous and every collective: a rank whose peer died raises after this
 
 
 @dataclass
 class OptimSection:
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = 0.0  # sgd only
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # final lr / lr for cosine and linear decay
+    name: Literal["adam", "adamw", "sgd"]
+    lr: float
+    weight_decay: float
+    betas: list[float]
+    momentum: float  # sgd only
+    schedule: Literal["constant", "cosine", "linear"]
+    warmup_steps: int
+    min_lr_ratio: float  # final lr / lr for cosine and linear decay
 
 
 @dataclass
 class TrainSection:
-    steps: int = 200  # optimizer steps
-    batch_size: int = 16  # samples per optimizer step, over all data-parallel ranks
-    grad_accum: int = 1  # micro-batches per optimizer step
-    stop_at: int = 0  # end this job after that step, with a checkpoint (a time-limited job); 0: at steps
-    nonfinite: Literal["stop", "skip"] = "stop"  # a non-finite loss: stop naming step and samples, or skip the step
-    deepspeed: str = "deepspeed/zero1.json"  # relative paths: from the YAML file's directory
+    steps: int  # optimizer steps
+    batch_size: int  # samples per optimizer step, over all data-parallel ranks
+    grad_accum: int  # micro-batches per optimizer step
+    stop_at: int  # end this job after that step, with a checkpoint (a time-limited job); 0: at steps
+    nonfinite: Literal["stop", "skip"]  # a non-finite loss: stop naming step and samples, or skip the step
+    deepspeed: str  # relative paths: beside the YAML file that sets it, else among the shipped configs
 
 
 @dataclass
 class EvalSection:
-    every: int = 50  # optimizer steps between validations (0: only at the end)
-    batches: int = 0  # validation batches per rank (0: the whole split)
-    batch_size: int = 16  # samples per validation batch per data-parallel rank
-    test: bool = False  # also evaluate the test split at every new best validation MSE (summary: test_mse)
+    every: int  # optimizer steps between validations (0: only at the end)
+    batches: int  # validation batches per rank (0: the whole split)
+    batch_size: int  # samples per validation batch per data-parallel rank
+    test: bool  # also evaluate the test split at every new best validation MSE (summary: test_mse)
 
 
 @dataclass
 class CheckpointSection:
-    every: int = 100  # optimizer steps between checkpoints (0: only at the end)
-    keep: int = 2  # complete checkpoints kept (0: all)
+    every: int  # optimizer steps between checkpoints (0: only at the end)
+    keep: int  # complete checkpoints kept (0: all)
 
 
 @dataclass
 class LogSection:
-    every: int = 10  # optimizer steps between logged metrics
+    every: int  # optimizer steps between logged metrics
 
 
 @dataclass
 class TrainConfig:
-    run: RunSection = field(default_factory=RunSection)
-    data: DataSection = field(default_factory=DataSection)
-    model: HyenaConfig = field(default_factory=HyenaConfig)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    log: LogSection = field(default_factory=LogSection)
+    run: RunSection
+    data: DataSection
+    model: HyenaConfig  # HyenaConfig's own defaults (the paper's n-body model) under default.yaml's model keys
+    parallel: ParallelSection
+    optim: OptimSection
+    train: TrainSection
+    eval: EvalSection
+    checkpoint: CheckpointSection
+    log: LogSection
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -192,6 +195,11 @@ def _build(cls, data, prefix: str, where: str):
     if unknown:
         keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
         raise ConfigError(f"{where}: unknown key(s) {keys}; known: {sorted(names)}")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in missing)
+        raise ConfigError(f"{where}: missing key(s) {keys}")
     kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k, where) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -207,22 +215,67 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw else ""
 
 
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror} (shipped configs: "
+                          f"{', '.join(shipped_config_names())})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _overlay(base: dict, data: dict) -> dict:
+    """`data`'s keys replace `base`'s, section by section (a section that is not a mapping replaces it whole,
+    so that the strict build names it)."""
+    merged = {name: dict(section) for name, section in base.items()}
+    for name, section in data.items():
+        if isinstance(section, dict) and isinstance(merged.get(name), dict):
+            merged[name].update(section)
+        else:
+            merged[name] = section
+    return merged
+
+
+def _shipped_or_beside(value: str, yaml_dir: Path) -> str:
+    """A relative path from a YAML file: beside that file when it is there, else among the shipped configs."""
+    path = Path(value)
+    if path.is_absolute():
+        return value
+    beside = yaml_dir / path
+    return str(beside if beside.exists() else SHIPPED_CONFIGS / path)
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A YAML file, or the name of a shipped config (`nbody5`, `recall.yaml`) when no such file exists."""
+    path = Path(name_or_path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return shipped if shipped.exists() else path
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML run config (None: all defaults) and apply `section.key=value` overrides."""
-    data: dict = {}
+    """default.yaml, then the run config `path` (a file or a shipped config's name; None: none), then the
+    `section.key=value` overrides, each replacing the keys it names: a config file names what differs from the
+    defaults."""
+    data = _read_yaml(DEFAULT_CONFIG)
     where = "defaults"
+    yaml_dir = DEFAULT_CONFIG.parent
     if path is not None:
+        path = config_path(path)
         where = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        yaml_dir = Path(path).parent
+        data = _overlay(data, _read_yaml(path))
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -234,6 +287,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     if overrides:
         where += " with overrides " + " ".join(overrides)
     cfg = _build(TrainConfig, data, "", where)
-    base = Path(path).parent if path is not None else DEFAULT_CONFIG.parent
-    cfg.train.deepspeed = str(base / cfg.train.deepspeed)
+    cfg.train.deepspeed = _shipped_or_beside(cfg.train.deepspeed, yaml_dir)
     return cfg

@@ -1,6 +1,6 @@
 """DeepSpeed wiring: the engine over a dp × sp mesh, its optimizer and schedule, and the loss.
 
-The loss follows DESIGN §3.4. Each rank returns the SUM of its per-element squared errors
+The loss follows docs/design.md §3.4. Each rank returns the SUM of its per-element squared errors
 divided by the element count of its group's whole micro-batch; DeepSpeed (told the mesh
 by :class:`MeshMPU`) sums gradients over the sp group and averages over dp groups, so the
 gradient is the single-process gradient of the mean squared error of the global batch.

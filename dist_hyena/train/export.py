@@ -35,7 +35,7 @@ def export_checkpoint(root: str | Path, tag: str, model_cfg: HyenaConfig, out: s
     return out
 
 
-def load_exported(path: str | Path, mesh=None, **execution) -> SE3HyenaModel:  # or LinearBaseline (mixer='linear')
+def load_exported(path: str | Path, mesh=None, **execution) -> SE3HyenaModel:  # or a HyenaConfig.baseline model
     """The model saved by :func:`export_checkpoint`, in eval mode. ``execution``: config keys that change how,
     not what, it computes (e.g. ``mlp_token_chunk`` for long sequences)."""
     saved = torch.load(Path(path), weights_only=True)

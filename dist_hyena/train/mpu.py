@@ -8,7 +8,7 @@ DeepSpeed's sequence-parallel hooks do exactly that when the mpu exposes
 `get_sequence_parallel_*` and `get_sequence_data_parallel_*`: ZeRO partitions and
 reduces over the sequence-data-parallel group (all dp × sp ranks) and divides by
 `world / sp = dp` (stages 0-3 alike). With the per-rank loss normalised by the global
-token count (DESIGN §3.4) this gives the single-process gradient; the parity tests in
+token count (docs/design.md §3.4) this gives the single-process gradient; the parity tests in
 tests/train/ check it with SGD, where a factor of sp would show.
 
 There is no tensor parallelism: the model-parallel group is each rank on its own, so

@@ -1,7 +1,7 @@
 """The training run: data, mesh, DeepSpeed engine, step loop, validation, checkpoints.
 
     from dist_hyena.train import load_config, train
-    summary = train(load_config("configs/default.yaml"), resume=True)
+    summary = train(load_config("dist_hyena/configs/default.yaml"), resume=True)
 
 Works under any launcher (`dist_hyena.runtime.init_distributed`), on GPUs (NCCL) or
 CPUs (gloo). Every rank calls :func:`train`; rank 0 writes metrics, plots and exports.

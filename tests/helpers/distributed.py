@@ -15,18 +15,13 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from pathlib import Path
 
+from dist_hyena.runtime import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(fn, rank, world, port, args, results):
@@ -55,7 +50,7 @@ def run_ranks(fn, world: int, args: tuple = (), timeout: float = 120.0) -> list:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, args, results), daemon=True)
              for r in range(world)]
     for p in procs:

@@ -1,4 +1,4 @@
-"""The one helper for equivariance checks: random rigid motions in, compare out."""
+"""The one helper for equivariance checks (random rigid motions in, compare out) and the tests' one relative error."""
 
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
+
+from dist_hyena.runtime import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = str(REPO_ROOT / "tests" / "launch" / "allreduce_probe.py")
@@ -33,12 +34,6 @@ def launch_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"  # ranks share the machine's two cores
     env.update(extra or {})
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mpiexec_args(n: int) -> list[str]:

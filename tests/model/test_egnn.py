@@ -8,6 +8,7 @@ import torch
 
 from dist_hyena import HyenaConfig
 from dist_hyena.baselines import EGNNBaseline, build_model
+from dist_hyena.config import MIXERS
 from dist_hyena.data import make_task
 from dist_hyena.model import SE3HyenaModel
 from tests.helpers.equivariance import assert_equivariant, random_rotation, reflection, relative_error, rigid_motion
@@ -132,3 +133,13 @@ def test_short_run_lowers_the_loss():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+def test_baselines_have_their_own_key():
+    """`baseline` selects a whole model; `mixer` names only what mixes inside SE3HyenaModel's operator. A config
+    saved when the baselines were spelled as mixers reads as the same baseline."""
+    assert type(build_model(HyenaConfig(baseline="egnn"))) is EGNNBaseline
+    assert HyenaConfig(mixer="egnn") == HyenaConfig(baseline="egnn")
+    assert "egnn" not in MIXERS and "linear" not in MIXERS
+    with pytest.raises(ValueError, match="baseline"):
+        HyenaConfig(baseline="transformer")

@@ -1,4 +1,4 @@
-"""The local geometric context (DESIGN §2.4): the vectorised layer against a direct loop over pairs and taps,
+"""The local geometric context (docs/design.md §2.4): the vectorised layer against a direct loop over pairs and taps,
 its equivariance and the model's with ``local_window > 0``, token chunks, and ``local_window = 0`` unchanged."""
 
 import pytest

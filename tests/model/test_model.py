@@ -189,3 +189,24 @@ def test_non_finite_inputs(bad):
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HyenaConfig(**kwargs)
+
+
+def test_a_bare_block_takes_the_token_chunk_from_its_config():
+    """Execution settings are constructor arguments: a HyenaBlock built alone chunks its MLPs and local context as
+    the model's blocks do, and computes the same numbers as the unchunked block."""
+    from dist_hyena.local_context import LocalContext
+    from dist_hyena.model import HyenaBlock
+    from dist_hyena.nn import VectorScalarMLP
+
+    blocks = {}
+    for chunk in (None, 5):
+        torch.manual_seed(0)
+        blocks[chunk] = HyenaBlock(HyenaConfig(local_window=1, mlp_token_chunk=chunk)).double()
+    chunked = [m for m in blocks[5].modules() if isinstance(m, VectorScalarMLP | LocalContext)]
+    assert len(chunked) == 5 and all(m.token_chunk == 5 for m in chunked)
+    g = torch.Generator().manual_seed(1)
+    x, f = torch.randn(2, 12, 1, 3, generator=g, dtype=torch.float64), torch.randn(2, 12, 8, generator=g,
+                                                                                   dtype=torch.float64)
+    pos = torch.randn(2, 12, 1, 3, generator=g, dtype=torch.float64)
+    for a, b in zip(blocks[None](x, f, pos), blocks[5](x, f, pos), strict=True):
+        assert relative_error(b, a) < 1e-12

@@ -1,4 +1,4 @@
-"""The model learns associative recall (DESIGN §4.2): a short Adam run on the random-vocabulary task retrieves.
+"""The model learns associative recall (docs/design.md §4.2): a short Adam run on the random-vocabulary task retrieves.
 
 16 tokens (a pad, 7 key-value bigrams and the query), vocabulary of 4 drawn anew per sequence. Guessing without
 retrieval is far from zero here: a uniform guess among the sequence's values scores about 0.44 and always

@@ -29,8 +29,8 @@ def _mesh_checks(rank, world):
     gen = torch.Generator().manual_seed(100 + mesh.dp_rank)
     q, k = (torch.randn(1, 9, 2, 3, generator=gen, dtype=torch.float64) for _ in range(2))
     conv = SequenceParallelConv(mesh, 2, 0, "causal", "channels")
-    u, _ = conv(shard_sequence(q, mesh), shard_sequence(k, mesh), q.new_zeros(1, 5 - mesh.sp_rank, 0),
-                q.new_zeros(1, 5 - mesh.sp_rank, 0))
+    u, _ = conv(shard_sequence(q, mesh), shard_sequence(k, mesh), None, q.new_zeros(1, 5 - mesh.sp_rank, 0),
+                q.new_zeros(1, 5 - mesh.sp_rank, 0), None)
     out["conv_err"] = (u - shard_sequence(cross_conv(q, k, "causal"), mesh)).abs().max().item()
     out["errors"] = {
         "sp3": _error(lambda: init_mesh(sp=3)),

@@ -1,6 +1,6 @@
 """SE3HyenaModel under sequence parallelism on real gloo ranks: outputs and every parameter
 gradient equal the one-process run on the same full sample, and equivariance holds sharded;
-also with the local geometric context (``local_window = w > 0``, DESIGN §2.4 and §3.6), whose
+also with the local geometric context (``local_window = w > 0``, docs/design.md §2.4 and §3.6), whose
 halo exchange is proven here inside the model: uneven blocks, w past a block and past N; and with the context
 normalised over the sample (``context_norm``, one all-reduce per block) and the recall head reading the query token.
 

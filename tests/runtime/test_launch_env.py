@@ -125,3 +125,21 @@ def test_cpu_threads_are_one_per_rank_unless_the_user_says():
     assert cpu_threads({"LOCAL_WORLD_SIZE": "2", "SLURM_TASKS_PER_NODE": "4(x2)"}) == 1
     assert cpu_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "8"}) == 3
     assert cpu_threads({"OMP_NUM_THREADS": "0"}) == 1
+
+
+def test_torchrun_inside_srun_one_local_rank_for_training_and_preprocessing(monkeypatch):
+    """torchrun started inside an srun step: SLURM_LOCALID describes the srun task (0), LOCAL_RANK the torchrun
+    worker (1). The torch variables win, and the data side (GPU choice of the simulators) reads the same."""
+    from dist_hyena.data import nbody_task
+    from dist_hyena.runtime import local_rank_from
+
+    env = _srun(0, 0, 1, nodelist="gpu01", RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="gpu01",
+                MASTER_PORT="29500")
+    assert launch_env_from(env).local_rank == local_rank_from(env) == 1
+    assert nbody_task.local_rank_from is local_rank_from
+    for case in (_srun(3, 1, 4), _ompi(5, 1, 8, 4), {"PMI_RANK": "2", "PMI_SIZE": "3", "MPI_LOCALRANKID": "2"}, {}):
+        assert local_rank_from(case) == launch_env_from(case, lambda nodelist: ["gpu01"]).local_rank
+    monkeypatch.setattr(nbody_task.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(nbody_task.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(nbody_task.os, "environ", env)
+    assert nbody_task._default_device() == "cuda:1"

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from dist_hyena.train.config import ConfigError, load_config
+from dist_hyena.train.config import SHIPPED_CONFIGS, ConfigError, load_config
 from dist_hyena.train.engine import deepspeed_config, lr_factor
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = SHIPPED_CONFIGS
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -74,3 +74,18 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     f = lr_factor(cfg.optim, total_steps=110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+
+
+def test_no_file_means_the_shipped_defaults():
+    """load_config(None) (what the tests use) is the no-argument run (what users get): one set of defaults."""
+    from dist_hyena.train.config import DEFAULT_CONFIG
+
+    assert load_config(None).to_dict() == load_config(DEFAULT_CONFIG).to_dict()
+
+
+def test_a_config_file_replaces_only_the_keys_it_names(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("optim:\n  lr: 1.0e-4\n")
+    cfg, defaults = load_config(path), load_config(None)
+    assert cfg.optim.lr == 1e-4 and cfg.optim.schedule == defaults.optim.schedule
+    assert cfg.train.deepspeed == defaults.train.deepspeed and Path(cfg.train.deepspeed).is_file()
