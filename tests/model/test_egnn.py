@@ -9,10 +9,9 @@ import torch
 from dist_hyena import HyenaConfig
 from dist_hyena.baselines import EGNNBaseline, build_model
 from dist_hyena.config import MIXERS
-from dist_hyena.data import make_task
 from dist_hyena.model import SE3HyenaModel
 from tests.helpers.equivariance import assert_equivariant, relative_error
-from tests.helpers.training import adam_losses
+from tests.helpers.training import adam_losses, nbody5_batch
 
 RECALL = dict(head="recall", vector_in=1, scalar_in=16, position_channels=())
 CONFIGS = {
@@ -110,11 +109,7 @@ def test_one_process_only_and_not_a_mixer_of_se3_hyena():
 
 
 def test_short_run_lowers_the_loss():
-    data = make_task("nbody5", seed=0, device="cpu").generate("train", 0, 32)
-    pos, vel, charges = (torch.from_numpy(data[k]) for k in ("positions", "velocities", "charges"))
-    x = torch.stack([pos[:, 0], vel[:, 0]], dim=2)  # [B, 5, 2, 3]: position and velocity at frame 30
-    f = charges[..., None]  # [B, 5, 1]
-    target = pos[:, 1, :, None]  # [B, 5, 1, 3]: positions at frame 40
+    x, f, target = nbody5_batch(32)
 
     torch.manual_seed(0)
     losses = adam_losses(build_model(HyenaConfig(mixer="egnn", hidden_width=32, n_blocks=2)), x, f, target)

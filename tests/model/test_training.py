@@ -3,16 +3,11 @@
 import torch
 
 from dist_hyena import HyenaConfig, SE3HyenaModel
-from dist_hyena.data import make_task
-from tests.helpers.training import adam_losses
+from tests.helpers.training import adam_losses, nbody5_batch
 
 
 def test_short_run_lowers_the_loss():
-    data = make_task("nbody5", seed=0, device="cpu").generate("train", 0, 32)
-    pos, vel, charges = (torch.from_numpy(data[k]) for k in ("positions", "velocities", "charges"))
-    x = torch.stack([pos[:, 0], vel[:, 0]], dim=2)  # [B, 5, 2, 3]: position and velocity at frame 30
-    f = charges[..., None]  # [B, 5, 1]
-    target = pos[:, 1, :, None]  # [B, 5, 1, 3]: positions at frame 40
+    x, f, target = nbody5_batch(32)
 
     torch.manual_seed(0)
     losses = adam_losses(SE3HyenaModel(HyenaConfig()), x, f, target)
