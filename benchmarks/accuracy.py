@@ -36,7 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one math thread (benchmarks/REA
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import harness  # noqa: E402
+from benchmarks import envelope, harness  # noqa: E402
 
 CONFIGS = harness.ROOT / "dist_hyena" / "configs"
 PAPER_NBODY = {"hyena": 0.0018, "attention": 0.0019, "linear": 0.0322, "egnn": 0.0071, "local": None}
@@ -113,7 +113,8 @@ def run_ablation(args, work: Path, payload: dict) -> dict:
             runs.append({"variant": variant, "seed": seed, **r, "test_mse": r["best"]["test_mse"]})
             print(f"[accuracy] {name}: test MSE {r['best']['test_mse']:.5f} at best val (step "
                   f"{r['best']['step']}), {r['wall_s']} s", flush=True)
-            harness.save("accuracy", {**payload, "ablation": ablation_payload(args, runs)}, args.out)
+            harness.save("accuracy", {**payload, "ablation": ablation_payload(args, runs)}, args.out,
+                         required=("ablation",), config=harness.settings(args))
     return ablation_payload(args, runs)
 
 
@@ -515,7 +516,7 @@ def main() -> None:
         args.batch, args.hidden = 8, 4
     work = args.work or (out / "accuracy_work" if args.quick else harness.ROOT / "runs" / "accuracy")
     path = out / "accuracy.json"
-    payload = json.loads(path.read_text()) if path.exists() else {}
+    payload = envelope.sections(envelope.read(path)) if path.exists() else {}
     if args.tables:
         print(markdown(payload))
         return
@@ -542,7 +543,9 @@ def main() -> None:
             payload["recall"]["references"] = [recall_references(n, v, args.vocab, r["splits"]["test"])
                                                for (n, v), r in sorted(firsts.items())]
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun (--part long, sp > 1) rank 0 writes
-            harness.save("accuracy", payload, out)  # after every part: a stopped session keeps what it measured
+            # after every part: a stopped session keeps what it measured
+            harness.save("accuracy", payload, out, required=tuple(parts[: parts.index(part) + 1]),
+                         config=harness.settings(args))
     if int(os.environ.get("RANK", "0")) == 0:
         plot(payload, out / "accuracy.png")
         print(markdown(payload))

@@ -151,7 +151,7 @@ def main() -> None:
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
     rows = run(args.sizes, args.vector_channels, args.scalar_channels, modes, args.repeats)
     payload = {"benchmark": "fft_efficiency", "machine": harness.machine(), "rows": rows}
-    harness.save("fft_efficiency", payload, args.out)
+    harness.save("fft_efficiency", payload, args.out, required=("rows",), config=harness.settings(args))
     plot(payload, args.out / "fft_efficiency.png")
 
 

@@ -162,7 +162,7 @@ def main() -> None:
     args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
     payload = {"benchmark": "geometric_product", "machine": harness.machine(),
                "rows": run(args.tokens, widths, args.repeats)}
-    harness.save("geometric_product", payload, args.out)
+    harness.save("geometric_product", payload, args.out, required=("rows",), config=harness.settings(args))
 
 
 if __name__ == "__main__":

@@ -112,13 +112,24 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def save(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
-    """Write ``payload`` as ``<out_dir>/<name>.json`` and print it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(json.dumps(payload, indent=2))
+def save(name: str, payload: dict, out_dir: Path = RESULTS, required: tuple[str, ...] = (),
+         config: dict | None = None) -> Path:
+    """Write ``payload`` (the script's sections, with its ``benchmark`` name) in the result envelope
+    (benchmarks/envelope.py) as ``<out_dir>/<name>.json`` and print it. ``required``: the sections the script's
+    readers need, checked before anything is written; ``config``: the settings it ran with (default: the
+    payload's own ``config`` section, else none)."""
+    from benchmarks import envelope
+
+    enveloped = envelope.wrap(payload["benchmark"], payload, machine=payload.get("machine") or machine(),
+                              config=config, command=envelope.command_line())
+    path = envelope.write(out_dir / f"{name}.json", enveloped, required)
+    print(json.dumps(enveloped, indent=2))
     return path
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """A script's parsed arguments as the ``config`` of its result (paths as strings; not the hidden --point)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "point"}
 
 
 def machine() -> dict:

@@ -207,7 +207,9 @@ def main() -> None:
         "ratio_delivery_over_consumption": {k: v["tokens_per_s"] / consumption for k, v in delivery.items()},
         "consumption_tokens_per_s_used": consumption, "pipelined": pipe,
     }
-    harness.save("loader_throughput", payload, args.out)
+    harness.save("loader_throughput", payload, args.out, config=harness.settings(args),
+                 required=("long_context", "delivery_per_rank", "step_consumption_per_rank",
+                           "ratio_delivery_over_consumption", "pipelined"))
 
 
 if __name__ == "__main__":

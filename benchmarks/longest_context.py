@@ -124,12 +124,13 @@ def main() -> None:
                     # more; the first error stays in the record.
                     r = {**harness.run_point(__file__, point, args.timeout, ranks=sp), "first_error": r["error"]}
                 runs.append(r)
-                report(runs, cap, args.out)  # after every point: a long run stopped early still leaves its results
+                # after every point: a long run stopped early still leaves its results
+                report(runs, cap, args.out, harness.settings(args))
                 if not r["fits"]:
                     break
 
 
-def report(runs: list[dict], cap: int, out: Path) -> None:
+def report(runs: list[dict], cap: int, out: Path, config: dict) -> None:
     summary = {}
     for key in dict.fromkeys((r["variant"], r["sp"]) for r in runs):
         ok = sorted((r for r in runs if (r["variant"], r["sp"]) == key and r["fits"]), key=lambda r: r["n"])
@@ -149,7 +150,8 @@ def report(runs: list[dict], cap: int, out: Path) -> None:
     payload = {"benchmark": "longest_context", "model": "n-body (paper widths, 2 blocks)",
                "cap_gib": round(cap / harness.GIB, 2), "paper_forward_tokens": PAPER_FORWARD_TOKENS,
                "machine": harness.machine(), "runs": runs, "summary": summary}
-    harness.save("longest_context", payload, out)
+    harness.save("longest_context", payload, out, required=("cap_gib", "paper_forward_tokens", "summary"),
+                 config=config)
     plot(payload, out / "longest_context.png")
 
 

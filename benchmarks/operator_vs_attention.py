@@ -123,7 +123,8 @@ def main() -> None:
                "machine": harness.machine(), "paper": PAPER, "runs": runs,
                "ratios_at_paper_n": ratios_at(runs, PAPER["tokens"]),
                "ratios_at_largest_common_n": ratios_at(runs, max(common)) if common else {}}
-    harness.save("operator_vs_attention", payload, args.out)
+    harness.save("operator_vs_attention", payload, args.out, config=harness.settings(args),
+                 required=("widths", "paper", "ratios_at_paper_n", "ratios_at_largest_common_n"))
     plot(payload, args.out / "operator_vs_attention.png")
 
 

@@ -309,7 +309,7 @@ def main(argv=None) -> None:
     payload = {"benchmark": "sp_block", "machine": machine, "config": cfg,
                "memory": "per rank: peak RSS (ru_maxrss) minus RSS once the block and its inputs are built",
                "runs": runs, "summary": summarise(runs)}
-    harness.save(name, payload, args.out)
+    harness.save(name, payload, args.out, required=("summary",))
     plot(payload, args.out / f"{name}.png")
 
 

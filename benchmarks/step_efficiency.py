@@ -198,7 +198,7 @@ def main() -> None:
     summary = summarise(runs)
     payload = {"benchmark": "step_efficiency", "machine": harness.machine(), "trees": list(trees), "runs": runs,
                "summary": summary}
-    harness.save("step_efficiency", payload, args.out)
+    harness.save("step_efficiency", payload, args.out, required=("trees", "summary"), config=harness.settings(args))
     plot(summary, args.out / "step_efficiency.png")
 
 

@@ -106,10 +106,10 @@ def main() -> None:
                     runs.append(run_point(point, env, busy, timeout_s=600))
                     print(f"[thread_policy] {workload} | {policy} | {'beside busy' if busy else 'alone'}: "
                           f"{runs[-1]['steps_per_s']:.2f} steps/s", flush=True)
-    report(runs, args.out)
+    report(runs, args.out, harness.settings(args))
 
 
-def report(runs: list[dict], out: Path) -> None:
+def report(runs: list[dict], out: Path, config: dict) -> None:
     summary = []
     for workload in dict.fromkeys(r["workload"] for r in runs):
         for policy in dict.fromkeys(r["policy"] for r in runs):
@@ -120,7 +120,7 @@ def report(runs: list[dict], out: Path) -> None:
                             "wait_policy": used["wait_policy"], "alone_steps_per_s": rate[False],
                             "beside_busy_steps_per_s": rate[True], "slowdown_beside_busy": rate[False] / rate[True]})
     payload = {"benchmark": "thread_policy", "machine": harness.machine(), "runs": runs, "summary": summary}
-    harness.save("thread_policy", payload, out)
+    harness.save("thread_policy", payload, out, required=("summary",), config=config)
     plot(summary, out / "thread_policy.png")
 
 

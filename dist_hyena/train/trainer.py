@@ -1,5 +1,8 @@
 """The training run: data, mesh, DeepSpeed engine, step loop, validation, checkpoints.
 
+:func:`setup` builds a :class:`Run`; :func:`train_step` takes one optimizer step; :func:`evaluation_hook` and
+:func:`checkpoint_hook` run when due; :func:`train` is the loop around them.
+
     from dist_hyena.train import load_config, train
     summary = train(load_config("dist_hyena/configs/default.yaml"), resume=True)
 
@@ -13,11 +16,13 @@ import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from dist_hyena.config import HyenaConfig
 from dist_hyena.data import GeneratedRecall, StreamingLoader, generate_store
 from dist_hyena.parallel import Mesh, init_mesh
 from dist_hyena.runtime import init_distributed
@@ -103,13 +108,36 @@ def _model_config(cfg: TrainConfig, meta: dict):
     return dataclasses.replace(cfg.model, vector_in=meta["vector_in"], scalar_in=meta["scalar_in"])
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run the configured training; -> summary (steps, first/last loss, last validation MSE, paths, and "best":
-    the step of the lowest validation MSE with its validation metrics and, with eval.test, the test metrics
-    there: test MSE at best validation, and accuracy for recall)."""
-    runtime = init_distributed(timeout_s=cfg.parallel.timeout_s)
-    main = runtime.is_main
-    world = dist.get_world_size()
+@dataclass
+class Run:
+    """A set-up training run: what every part of the loop reads (from :func:`setup`) and what it has found."""
+
+    cfg: TrainConfig
+    main: bool  # rank 0: writes metrics, plots, exports
+    mesh: Mesh
+    engine: object  # the DeepSpeed engine
+    model_cfg: HyenaConfig  # the model section with the dataset's input widths
+    task: object  # its dist_hyena.tasks entry: inputs, loss, metrics
+    n_tokens: int
+    run_dir: Path
+    train_loader: StreamingLoader
+    val_loader: StreamingLoader
+    test_loader: StreamingLoader | None
+    log: MetricsLogger
+    start: int  # the step a resumed run continues after (0: from scratch)
+    end: int  # the last step of this job (train.stop_at, else train.steps)
+    best: dict = field(default_factory=dict)  # the best validation: step, val_* and (eval.test) test_* there
+    first_loss: float | None = None
+    last_loss: float | None = None
+    val_mse: float | None = None
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def _check_run_config(cfg: TrainConfig, world: int) -> int:
+    """-> the last step of this job."""
     if world % cfg.parallel.sp:
         raise ConfigError(f"parallel.sp = {cfg.parallel.sp} does not divide the world size {world}")
     end = cfg.train.stop_at or cfg.train.steps
@@ -118,20 +146,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if cfg.train.nonfinite == "skip" and cfg.train.grad_accum > 1:
         # Skipping would have to discard micro-batch gradients DeepSpeed already accumulated.
         raise ConfigError("train.nonfinite = skip needs train.grad_accum = 1")
-    mesh = init_mesh(sp=cfg.parallel.sp)
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    ckpt_root = run_dir / "checkpoints"
+    return end
 
+
+def _loaders(cfg: TrainConfig, mesh: Mesh, main: bool):
+    """-> (train, val, test or None) loaders, each checked to hold at least one batch per data-parallel rank."""
     source = _data_source(cfg, main)
-    train_loader = _loader(source, "train", micro_batch_size(cfg, mesh.dp), mesh, cfg, shuffle=True)
-    val_loader = _loader(source, "val", cfg.eval.batch_size, mesh, cfg, shuffle=False)
-    test_loader = _loader(source, "test", cfg.eval.batch_size, mesh, cfg, shuffle=False) if cfg.eval.test else None
-    checks = [("train", train_loader, "train.batch_size"), ("val", val_loader, "eval.batch_size")]
-    for split, loader, key in checks + ([("test", test_loader, "eval.batch_size")] if test_loader else []):
+    loaders = {"train": (_loader(source, "train", micro_batch_size(cfg, mesh.dp), mesh, cfg, shuffle=True),
+                         "train.batch_size"),
+               "val": (_loader(source, "val", cfg.eval.batch_size, mesh, cfg, shuffle=False), "eval.batch_size")}
+    if cfg.eval.test:
+        loaders["test"] = (_loader(source, "test", cfg.eval.batch_size, mesh, cfg, shuffle=False), "eval.batch_size")
+    for split, (loader, key) in loaders.items():
         if len(loader) == 0:  # would end in a StopIteration or a division by zero far from the cause
             where = cfg.data.path if cfg.data.source == "store" else "the generated data"
             raise ConfigError(f"{where}: the {split} split has {loader.reader.n_samples} samples, fewer than one "
                               f"batch of {loader.batch_size} per data-parallel rank (from {key}, dp = {mesh.dp})")
+    return loaders["train"][0], loaders["val"][0], loaders["test"][0] if "test" in loaders else None
+
+
+def setup(cfg: TrainConfig, resume: bool) -> Run:
+    """Process group, mesh, data, engine; the latest complete checkpoint when resuming; config.json."""
+    runtime = init_distributed(timeout_s=cfg.parallel.timeout_s)
+    main, world = runtime.is_main, dist.get_world_size()
+    end = _check_run_config(cfg, world)
+    mesh = init_mesh(sp=cfg.parallel.sp)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    train_loader, val_loader, test_loader = _loaders(cfg, mesh, main)
     meta = train_loader.meta
     task, n_tokens = task_of(meta), meta["n_tokens"]
     if cfg.data.augment == "permute" and (not task.permutable or mesh.sp > 1):
@@ -140,10 +181,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     model_cfg = _model_config(cfg, meta)
     engine, _ = build_engine(cfg, model_cfg, mesh)
 
-    start, best = 0, {}  # best: the best validation so far: step, val_* and (eval.test) test_* metrics there
-    tags = checkpoint.complete_tags(ckpt_root) if resume else []
+    start, best = 0, {}
+    tags = checkpoint.complete_tags(run_dir / "checkpoints") if resume else []
     if tags:
-        state = checkpoint.load(engine, ckpt_root, tags[-1], model_cfg.to_dict())
+        state = checkpoint.load(engine, run_dir / "checkpoints", tags[-1], model_cfg.to_dict())
         train_loader.load_state_dict(state["loader"])
         best = state.get("best", {})
         start = state["step"]
@@ -154,91 +195,141 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         print(f"[dist_hyena] run {cfg.run.name}: world {world} = dp {mesh.dp} x sp {mesh.sp}, {task.name} "
               f"{n_tokens} tokens/sample, " + (f"resumed from {tags[-1]}" if tags else "from scratch"), flush=True)
     log = MetricsLogger(run_dir, main, cfg.train.steps, start)
+    return Run(cfg, main, mesh, engine, model_cfg, task, n_tokens, run_dir, train_loader, val_loader, test_loader,
+               log, start, end, best)
 
-    batches = iter(train_loader)
-    first_loss = last_loss = val_mse = None
-    step, saved, interrupted = start, start, False
-    t_last, steps_since, window_loss, window_tokens = time.perf_counter(), 0, 0.0, 0.0
-    engine.train()
-    with TerminationRequest() as termination:
-        for step in range(start + 1, end + 1):
-            step_loss, ids, step_tokens = 0.0, [], 0  # step_tokens: this rank's token blocks, as read
-            for _ in range(cfg.train.grad_accum):
-                batch = next(batches, None)
-                if batch is None:  # end of an epoch: the loader has moved on to the next one
-                    batches = iter(train_loader)
-                    batch = next(batches)
-                ids.append(batch["index"])
-                step_tokens += batch["x"].shape[0] * batch["x"].shape[1]
-                if cfg.data.augment == "permute":
-                    batch = permute_tokens(batch)
-                sse, _, group_count = batch_error(engine, batch, task, n_tokens, mesh.sp)
-                loss = sse / group_count
-                value = loss.item()
-                if any_rank(not math.isfinite(value), engine.device):  # before backward: ZeRO reduces in it
-                    message = nonfinite_loss_message(step, value, batch["index"])
-                    if cfg.train.nonfinite == "stop":
-                        raise NonFiniteError(f"{message}; stopping (train.nonfinite = stop)")
-                    step_loss = math.nan
-                    break
-                engine.backward(loss)
-                engine.step()
-                step_loss += value / cfg.train.grad_accum
-            if math.isnan(step_loss):
-                if main:
-                    print(f"[dist_hyena] {message}; step skipped (train.nonfinite = skip)", flush=True)
-                log.log(step, skipped_nonfinite=1)
-            elif any_rank(not parameters_finite(engine), engine.device):
-                raise NonFiniteError(nonfinite_parameters_message(step, torch.cat(ids)))
-            # The loss sum carries the termination flag: every rank learns of a SIGTERM to any one.
-            # The token count too: batches of several lengths (data.generate.train_lengths) differ in size.
-            (total, terminating, tokens) = all_reduce_sum([0.0 if math.isnan(step_loss) else step_loss,
-                                                           termination.received, step_tokens], engine.device)
-            if not math.isnan(step_loss):
-                last_loss = total / mesh.dp
-                first_loss = last_loss if first_loss is None else first_loss
-                log.step(step, last_loss)
-                steps_since, window_loss = steps_since + 1, window_loss + last_loss
-                window_tokens += tokens
-                if step % cfg.log.every == 0 or step == end:
-                    # The mean over the steps since the last record: one batch's loss is noisy.
-                    now = time.perf_counter()
-                    log.log(step, loss=window_loss / steps_since, lr=engine.get_lr()[0],
-                            tokens=window_tokens,
-                            tokens_per_s=window_tokens / (now - t_last), mem_gb=memory_gb())
-                    t_last, steps_since, window_loss, window_tokens = now, 0, 0.0, 0.0
-            if not terminating and ((cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.train.steps):
-                val = evaluate(engine, val_loader, task, mesh, cfg.eval.batches)
-                val_mse = val["mse"]
-                record = {f"val_{k}": v for k, v in val.items()}
-                if not best or val_mse < best["val_mse"]:
-                    best = {"step": step, **record}
-                    if test_loader is not None:
-                        test = evaluate(engine, test_loader, task, mesh, 0)
-                        best.update({f"test_{k}": v for k, v in test.items()})
-                        record.update({f"test_{k}": v for k, v in test.items()})
-                log.log(step, **record)
-            if terminating or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == end:
-                state = {"step": step, "loader": train_loader.state_dict(), "model": model_cfg.to_dict(), "best": best}
-                checkpoint.save(engine, ckpt_root, step, state, cfg.checkpoint.keep)
-                saved = step
-            if terminating:
-                interrupted = True
-                break
-    log.close()
 
-    if interrupted:
-        if main:
-            print(f"[dist_hyena] SIGTERM: stopped after step {saved} with checkpoint {checkpoint.tag_of(saved)}; "
-                  "run again with --resume to continue", flush=True)
-        return {"steps": saved, "start_step": start, "interrupted": True, "run_dir": str(run_dir)}
-    summary = {"steps": end, "start_step": start, "first_loss": first_loss, "last_loss": last_loss,
-               "val_mse": val_mse, "best": best, "run_dir": str(run_dir)}
-    if main:
-        final = checkpoint.complete_tags(ckpt_root)[-1]
-        summary["model"] = str(export_checkpoint(ckpt_root, final, model_cfg, run_dir / "model.pt"))
-        summary["loss_curve"] = str(plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png"))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+class _Batches:
+    """The training loader as an endless stream: at the end of an epoch it moves on to the next one."""
+
+    def __init__(self, loader: StreamingLoader):
+        self.loader, self.it = loader, iter(loader)
+
+    def next(self) -> dict:
+        batch = next(self.it, None)
+        if batch is None:
+            self.it = iter(self.loader)
+            batch = next(self.it)
+        return batch
+
+
+def train_step(run: Run, batches: _Batches, step: int) -> tuple[float | None, int]:
+    """One optimizer step over ``train.grad_accum`` micro-batches -> (this rank's mean loss, or None when the step
+    was skipped for a non-finite loss; this rank's tokens read). Raises NonFiniteError as train.nonfinite says."""
+    cfg, engine = run.cfg, run.engine
+    step_loss, ids, tokens = 0.0, [], 0
+    for _ in range(cfg.train.grad_accum):
+        batch = batches.next()
+        ids.append(batch["index"])
+        tokens += batch["x"].shape[0] * batch["x"].shape[1]
+        if cfg.data.augment == "permute":
+            batch = permute_tokens(batch)
+        sse, _, group_count = batch_error(engine, batch, run.task, run.n_tokens, run.mesh.sp)
+        loss = sse / group_count
+        value = loss.item()
+        if any_rank(not math.isfinite(value), engine.device):  # before backward: ZeRO reduces in it
+            message = nonfinite_loss_message(step, value, batch["index"])
+            if cfg.train.nonfinite == "stop":
+                raise NonFiniteError(f"{message}; stopping (train.nonfinite = stop)")
+            if run.main:
+                print(f"[dist_hyena] {message}; step skipped (train.nonfinite = skip)", flush=True)
+            run.log.log(step, skipped_nonfinite=1)
+            return None, tokens
+        engine.backward(loss)
+        engine.step()
+        step_loss += value / cfg.train.grad_accum
+    if any_rank(not parameters_finite(engine), engine.device):
+        raise NonFiniteError(nonfinite_parameters_message(step, torch.cat(ids)))
+    return step_loss, tokens
+
+
+class _LogWindow:
+    """The steps since the last metrics record: one batch's loss is noisy, so a record holds their mean."""
+
+    def __init__(self):
+        self.t_last, self.steps, self.loss, self.tokens = time.perf_counter(), 0, 0.0, 0.0
+
+    def add(self, loss: float, tokens: float) -> None:
+        self.steps, self.loss, self.tokens = self.steps + 1, self.loss + loss, self.tokens + tokens
+
+    def flush(self, run: Run, step: int) -> None:
+        now = time.perf_counter()
+        run.log.log(step, loss=self.loss / self.steps, lr=run.engine.get_lr()[0], tokens=self.tokens,
+                    tokens_per_s=self.tokens / (now - self.t_last), mem_gb=memory_gb())
+        self.t_last, self.steps, self.loss, self.tokens = now, 0, 0.0, 0.0
+
+
+def evaluation_hook(run: Run, step: int) -> None:
+    """Validation (and, at a new best with eval.test, the test split), logged and kept in ``run.best``."""
+    val = evaluate(run.engine, run.val_loader, run.task, run.mesh, run.cfg.eval.batches)
+    run.val_mse = val["mse"]
+    record = {f"val_{k}": v for k, v in val.items()}
+    if not run.best or run.val_mse < run.best["val_mse"]:
+        run.best = {"step": step, **record}
+        if run.test_loader is not None:
+            test = {f"test_{k}": v for k, v in evaluate(run.engine, run.test_loader, run.task, run.mesh, 0).items()}
+            run.best.update(test)
+            record.update(test)
+    run.log.log(step, **record)
+
+
+def checkpoint_hook(run: Run, step: int) -> None:
+    state = {"step": step, "loader": run.train_loader.state_dict(), "model": run.model_cfg.to_dict(),
+             "best": run.best}
+    checkpoint.save(run.engine, run.ckpt_root, step, state, run.cfg.checkpoint.keep)
+
+
+def _due(every: int, step: int) -> bool:
+    return bool(every) and step % every == 0
+
+
+def _finish(run: Run) -> dict:
+    """The summary of a completed job; rank 0 exports the final checkpoint and plots the loss curve."""
+    summary = {"steps": run.end, "start_step": run.start, "first_loss": run.first_loss, "last_loss": run.last_loss,
+               "val_mse": run.val_mse, "best": run.best, "run_dir": str(run.run_dir)}
+    if run.main:
+        final = checkpoint.complete_tags(run.ckpt_root)[-1]
+        summary["model"] = str(export_checkpoint(run.ckpt_root, final, run.model_cfg, run.run_dir / "model.pt"))
+        summary["loss_curve"] = str(plot_loss_curve(run.run_dir / "metrics.jsonl", run.run_dir / "loss_curve.png"))
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if dist.is_initialized():
         dist.barrier()
     return summary
+
+
+def _interrupted(run: Run, saved: int) -> dict:
+    if run.main:
+        print(f"[dist_hyena] SIGTERM: stopped after step {saved} with checkpoint {checkpoint.tag_of(saved)}; "
+              "run again with --resume to continue", flush=True)
+    return {"steps": saved, "start_step": run.start, "interrupted": True, "run_dir": str(run.run_dir)}
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run the configured training; -> summary (steps, first/last loss, last validation MSE, paths, and "best":
+    the step of the lowest validation MSE with its validation metrics and, with eval.test, the test metrics
+    there: test MSE at best validation, and accuracy for recall)."""
+    run = setup(cfg, resume)
+    batches, window, device = _Batches(run.train_loader), _LogWindow(), run.engine.device
+    run.engine.train()
+    with TerminationRequest() as termination:
+        for step in range(run.start + 1, run.end + 1):
+            loss, tokens = train_step(run, batches, step)
+            # The loss sum carries the termination flag: every rank learns of a SIGTERM to any one.
+            # The token count too: batches of several lengths (data.generate.train_lengths) differ in size.
+            total, terminating, tokens = all_reduce_sum([loss or 0.0, termination.received, tokens], device)
+            if loss is not None:
+                run.last_loss = total / run.mesh.dp
+                run.first_loss = run.last_loss if run.first_loss is None else run.first_loss
+                run.log.step(step, run.last_loss)
+                window.add(run.last_loss, tokens)
+                if step % cfg.log.every == 0 or step == run.end:
+                    window.flush(run, step)
+            if not terminating and (_due(cfg.eval.every, step) or step == cfg.train.steps):
+                evaluation_hook(run, step)
+            if terminating or _due(cfg.checkpoint.every, step) or step == run.end:
+                checkpoint_hook(run, step)
+            if terminating:
+                run.log.close()
+                return _interrupted(run, step)
+    run.log.close()
+    return _finish(run)

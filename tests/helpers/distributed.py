@@ -83,6 +83,24 @@ def run_ranks(fn, world: int, args: tuple = (), timeout: float = 120.0) -> list:
     return [values[r] for r in range(world)]
 
 
+def summed_over_ranks(per_rank: list[dict]) -> dict:
+    """Key by key, the sum of every rank's numbers (ledger totals of each rank -> the group's traffic)."""
+    total: dict = {}
+    for values in per_rank:
+        for key, value in values.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def value_error(fn) -> str | None:
+    """The message of the ValueError ``fn()`` raises, or None (a rank function's result must be picklable)."""
+    try:
+        fn()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def assert_parity(sp: int, results: list, section: str = "parity") -> None:
     """Every rank's errors against the one-process run (``results[r][section]``: case key -> error, the key's
     last item naming the dtype) within the project's bar: float64 <= 1e-10, float32 <= 1e-5 relative."""

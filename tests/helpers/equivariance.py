@@ -47,10 +47,13 @@ def _check(model, x, f, x_moved, q, t, tol, outputs):
     return max(err_v, err_s)
 
 
-def assert_equivariant(model, x, f, position_channels, *, translation=10.0, tol=1e-10, seed=0, outputs="positions"):
+def assert_equivariant(model, x, f, position_channels, *, translation=10.0, tol=1e-10, seed=0, outputs="positions",
+                       reflect=False):
     """model(g·x, f) == g·model(x, f) for a random rotation and translation g; scalars unchanged.
 
     ``outputs``: "positions" (the vector output rotates and translates) or "vectors" (rotates only).
+    ``reflect``: g's linear part is a mirror composed with the rotation (det -1: E(3), not only SE(3)).
+    ``model`` is anything called as ``model(x [B, N, C, 3], f [B, N, S]) -> (vectors, scalars)``.
     Errors are relative to the output's magnitude.
 
     In float64 g is applied whole. In float32 a position moved to ~1e3 is itself rounded to
@@ -61,6 +64,8 @@ def assert_equivariant(model, x, f, position_channels, *, translation=10.0, tol=
     """
     gen = torch.Generator().manual_seed(seed)
     q = random_rotation(x.dtype, gen)
+    if reflect:
+        q = reflection(x.dtype) @ q
     t = translation * torch.randn(3, dtype=torch.float64, generator=gen)
     if x.dtype == torch.float64:
         return _check(model, x, f, rigid_motion(x, q, t, position_channels), q, t, tol, outputs)

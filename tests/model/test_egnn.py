@@ -9,9 +9,9 @@ import torch
 from dist_hyena import HyenaConfig
 from dist_hyena.baselines import EGNNBaseline, build_model
 from dist_hyena.config import MIXERS
-from dist_hyena.data import make_task
 from dist_hyena.model import SE3HyenaModel
-from tests.helpers.equivariance import assert_equivariant, random_rotation, reflection, relative_error, rigid_motion
+from tests.helpers.equivariance import assert_equivariant, relative_error
+from tests.helpers.training import adam_losses, nbody5_batch
 
 RECALL = dict(head="recall", vector_in=1, scalar_in=16, position_channels=())
 CONFIGS = {
@@ -61,14 +61,8 @@ def test_reflection_float64(name):
     with a translation of its coordinate channel 0."""
     model, cfg = make(name)
     x, f = inputs(cfg)
-    g = reflection() @ random_rotation()
-    t = 10.0 * torch.randn(3, dtype=torch.float64)
-    moved_channels = cfg.position_channels or (0,)
     with torch.no_grad():
-        out, f_out = model(x, f)
-        got, f_got = model(rigid_motion(x, g, t, moved_channels), f)
-    assert relative_error(got, out @ g.T + t) < 1e-10
-    assert relative_error(f_got, f_out) < 1e-10
+        assert_equivariant(model, x, f, cfg.position_channels or (0,), translation=10.0, tol=1e-10, reflect=True)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -115,22 +109,10 @@ def test_one_process_only_and_not_a_mixer_of_se3_hyena():
 
 
 def test_short_run_lowers_the_loss():
-    data = make_task("nbody5", seed=0, device="cpu").generate("train", 0, 32)
-    pos, vel, charges = (torch.from_numpy(data[k]) for k in ("positions", "velocities", "charges"))
-    x = torch.stack([pos[:, 0], vel[:, 0]], dim=2)  # [B, 5, 2, 3]: position and velocity at frame 30
-    f = charges[..., None]  # [B, 5, 1]
-    target = pos[:, 1, :, None]  # [B, 5, 1, 3]: positions at frame 40
+    x, f, target = nbody5_batch(32)
 
     torch.manual_seed(0)
-    model = build_model(HyenaConfig(mixer="egnn", hidden_width=32, n_blocks=2))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = (model(x, f)[0] - target).square().mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adam_losses(build_model(HyenaConfig(mixer="egnn", hidden_width=32, n_blocks=2)), x, f, target)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.1 * losses[0], losses[::10]
 

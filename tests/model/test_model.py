@@ -210,3 +210,28 @@ def test_a_bare_block_takes_the_token_chunk_from_its_config():
     pos = torch.randn(2, 12, 1, 3, generator=g, dtype=torch.float64)
     for a, b in zip(blocks[None](x, f, pos), blocks[5](x, f, pos), strict=True):
         assert relative_error(b, a) < 1e-12
+
+
+@pytest.mark.parametrize("mixer, reflect", [("hyena", False), ("hyena", True), ("none", True), ("sdpa", False),
+                                            ("attention", False)])
+def test_operator_and_block_equivariant_float64(mixer, reflect):
+    """The layers on their own, as the model is tested: the operator and the block on the residual stream
+    (vectors rotate, scalars stay; the stream has no positions, so no translation); the block also with the local
+    context, whose pairwise vectors come from a stream channel here. Mirrors too where the context is a
+    pseudovector (the long convolution's cross products): the attentions' context, crossed with v, is not."""
+    from dist_hyena.model import HyenaBlock, HyenaOperator
+
+    cfg = HyenaConfig(mixer=mixer, vector_width=2, scalar_width=4)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 11, 2, 3, generator=g, dtype=torch.float64)
+    f = torch.randn(2, 11, 4, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    operator, block = HyenaOperator(cfg).double(), HyenaBlock(cfg).double()
+    local = HyenaBlock(HyenaConfig(mixer=mixer, vector_width=2, scalar_width=4, local_window=2)).double()
+
+    def local_block(x, f):
+        return local(x, f, x[:, :, :1])
+
+    with torch.no_grad():
+        for layer in (operator, block, local_block):
+            assert_equivariant(layer, x, f, (), tol=1e-10, outputs="vectors", reflect=reflect)

@@ -1,9 +1,10 @@
-"""VectorScalarMLP: token chunks change memory, not numbers."""
+"""VectorScalarMLP: O(3)-equivariant; token chunks change memory, not numbers."""
 
 import pytest
 import torch
 
 from dist_hyena.nn import VectorScalarMLP
+from tests.helpers.equivariance import assert_equivariant
 
 
 @pytest.mark.parametrize("grad", [True, False])
@@ -31,3 +32,14 @@ def test_token_chunks_give_the_plain_outputs_and_gradients(grad):
             results.append([ox.detach(), of.detach(), *(g.clone() for g in grads)])
         for a, b in zip(*results, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_equivariant_float64(reflect, chunk):
+    """Vectors out rotate (and mirror) with vectors in, scalars out stay; chunked or not."""
+    torch.manual_seed(0)
+    mlp = VectorScalarMLP(2, 3, 2, 4, hidden=6, n_layers=2, token_chunk=chunk).double()
+    x, f = torch.randn(2, 13, 2, 3, dtype=torch.float64), torch.randn(2, 13, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert_equivariant(mlp, x, f, (), tol=1e-10, outputs="vectors", reflect=reflect)

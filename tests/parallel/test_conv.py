@@ -17,7 +17,7 @@ from dist_hyena.parallel import (
     sp_all_reduce,
 )
 from dist_hyena.parallel.volume import conv_bytes
-from tests.helpers.distributed import assert_parity, run_ranks
+from tests.helpers.distributed import assert_parity, run_ranks, summed_over_ranks, value_error
 from tests.helpers.equivariance import relative_error
 
 # (strategy, n_vector, n_scalar): "channels" needs >= P channel groups; "fft" runs the paper's Cv = 1.
@@ -78,14 +78,6 @@ def _ledger_case(mesh, strategy, mode, cv, d, n):
     return {op: nbytes for (_, op), nbytes in log.totals().items()}
 
 
-def _error_message(fn):
-    try:
-        fn()
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def _all_checks(rank, world):
     mesh = init_mesh(sp=world)
     out = {"parity": {}, "ledger": {}}
@@ -101,10 +93,10 @@ def _all_checks(rank, world):
                 mesh, strategy, mode, cv, d, n, torch.float32, seed=n)
             out["ledger"][(strategy, mode, cv, d, n)] = _ledger_case(mesh, strategy, mode, cv, d, n)
     x = torch.randn(2, 4 * world + 1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    out["fft_uneven"] = _error_message(
+    out["fft_uneven"] = value_error(
         lambda: _mix(SequenceParallelConv(mesh, 1, 0, "circular", "fft"), *[shard_sequence(t, mesh) for t in (
             x[..., None, :], x[..., None, :], x[..., :0], x[..., :0])]))
-    out["channels_too_few"] = _error_message(lambda: SequenceParallelConv(mesh, 1, 0, strategy="channels"))
+    out["channels_too_few"] = value_error(lambda: SequenceParallelConv(mesh, 1, 0, strategy="channels"))
     out["auto"] = (SequenceParallelConv(mesh, 1, 0).strategy, SequenceParallelConv(mesh, world, 0).strategy)
     # gather_sequence undoes shard_sequence; its backward sums every rank's gradient of the block.
     xr = x.clone().requires_grad_()
@@ -140,10 +132,7 @@ def test_ledger_matches_theory(group):
     p, results = group
     for key, _ in results[0]["ledger"].items():
         strategy, mode, cv, d, n = key
-        measured: dict[str, int] = {}
-        for res in results:
-            for op, nbytes in res["ledger"][key].items():
-                measured[op] = measured.get(op, 0) + nbytes
+        measured = summed_over_ranks([res["ledger"][key] for res in results])
         # float64 inputs: 8-byte numbers on the wire for both strategies.
         forward = conv_bytes(strategy, mode, n, p, cv, d, itemsize=8)
         expected = dict(forward)

@@ -10,7 +10,7 @@ import torch
 
 from dist_hyena.parallel import Mesh, halo_exchange, init_mesh, ledger, shard_sequence, split_sizes
 from dist_hyena.parallel.volume import halo_bytes
-from tests.helpers.distributed import run_ranks
+from tests.helpers.distributed import run_ranks, summed_over_ranks, value_error
 
 MODES = ("circular", "causal")
 BATCH = 2
@@ -60,21 +60,13 @@ def _case(mesh, mode, n, w, feat, seed):
             "ledger": {op: nbytes for (_, op), nbytes in log.totals().items()}}
 
 
-def _error_message(fn):
-    try:
-        fn()
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 def _checks(mesh):
     out = {case: _case(mesh, *case, seed=i) for i, case in enumerate(_cases(mesh.sp))}
     counts = split_sizes(2 * mesh.sp + 1, mesh.sp)
     block = torch.zeros(1, counts[mesh.sp_rank] + 1)
-    out["bad_block"] = _error_message(lambda: halo_exchange(block, counts, 1, "causal", mesh))
-    out["bad_mode"] = _error_message(lambda: halo_exchange(block[:, 1:], counts, 1, "same", mesh))
-    out["bad_w"] = _error_message(lambda: halo_exchange(block[:, 1:], counts, 0, "causal", mesh))
+    out["bad_block"] = value_error(lambda: halo_exchange(block, counts, 1, "causal", mesh))
+    out["bad_mode"] = value_error(lambda: halo_exchange(block[:, 1:], counts, 1, "same", mesh))
+    out["bad_w"] = value_error(lambda: halo_exchange(block[:, 1:], counts, 0, "causal", mesh))
     return out
 
 
@@ -115,7 +107,7 @@ def test_halo_ledger_matches_theory(group):
         expected = halo_bytes(mode, split_sizes(n, p), w, row_numel=int(torch.Size(feat).numel()),
                               itemsize=8, batch=BATCH)
         for op in ("halo", "halo.backward"):
-            measured = sum(res[case]["ledger"].get(op, 0) for res in results)
+            measured = summed_over_ranks([res[case]["ledger"] for res in results]).get(op, 0)
             assert measured == expected, f"sp={p} {case} {op}: ledger {measured} B, closed form {expected} B"
         assert all(res[case]["calls"] == (1 if p > 1 else 0) for res in results), f"sp={p} {case}: calls"
         if p == 1:

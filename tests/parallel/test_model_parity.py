@@ -15,8 +15,8 @@ import torch.distributed as dist
 from dist_hyena import HyenaConfig, SE3HyenaModel
 from dist_hyena.parallel import init_mesh, ledger, shard_sequence, split_sizes
 from dist_hyena.parallel.volume import conv_bytes, halo_bytes
-from tests.helpers.distributed import assert_parity, run_ranks
-from tests.helpers.equivariance import random_rotation, relative_error, rigid_motion, rotate
+from tests.helpers.distributed import assert_parity, run_ranks, summed_over_ranks
+from tests.helpers.equivariance import assert_equivariant
 from tests.model.test_local_context import randomise_outputs
 
 HEADS = {
@@ -130,22 +130,20 @@ def _equivariance(mesh, head, strategy, n=None, mode="circular", window=0):
     cfg = HyenaConfig(**HEADS[head], sp_strategy=strategy, conv_mode=mode, local_window=window)
     _, sp = _models(cfg, mesh, torch.float64)
     x, f = _inputs(cfg, n or 4 * mesh.sp, torch.float64, seed=5)
-    gen = torch.Generator().manual_seed(11)
-    q, t = random_rotation(torch.float64, gen), 10.0 * torch.randn(3, dtype=torch.float64, generator=gen)
+
+    def sharded(x, f):
+        return sp(shard_sequence(x, mesh), shard_sequence(f, mesh))
+
     with torch.no_grad():
-        x_out, f_out = sp(shard_sequence(x, mesh), shard_sequence(f, mesh))
-        moved = rigid_motion(x, q, t, cfg.position_channels)
-        x_rot, f_rot = sp(shard_sequence(moved, mesh), shard_sequence(f, mesh))
-    expected = rotate(x_out, q) + (t if head == "nbody" else 0)
-    return max(relative_error(x_rot, expected), relative_error(f_rot, f_out))
+        return assert_equivariant(sharded, x, f, cfg.position_channels, translation=10.0, tol=1e-10, seed=11,
+                                  outputs="positions" if head == "nbody" else "vectors")
 
 
-def _ledger(mesh, strategy, n):
-    """Ledger totals of one forward + backward of the n-body model, per (layer, op)."""
-    cfg = HyenaConfig(sp_strategy=strategy)
+def _ledger(mesh, cfg: HyenaConfig, n, seed):
+    """Ledger totals of one forward + backward of the n-body model of ``cfg``, per (layer, op)."""
     _, sp = _models(cfg, mesh, torch.float64)
     ledger.name_layers(sp)
-    x, f = _inputs(cfg, n, torch.float64, seed=2)
+    x, f = _inputs(cfg, n, torch.float64, seed=seed)
     with ledger.recording() as log:
         out_x, out_f = sp(shard_sequence(x, mesh), shard_sequence(f, mesh))
         (out_x.sum() + out_f.sum()).backward()
@@ -160,18 +158,6 @@ def _local_equivariance_cases(p):
 LEDGER_WINDOW = 3
 
 
-def _local_ledger(mesh, mode, n):
-    """Ledger totals of one forward + backward of the n-body model with local_window = LEDGER_WINDOW."""
-    cfg = HyenaConfig(sp_strategy="channels", conv_mode=mode, local_window=LEDGER_WINDOW)
-    _, sp = _models(cfg, mesh, torch.float64)
-    ledger.name_layers(sp)
-    x, f = _inputs(cfg, n, torch.float64, seed=3)
-    with ledger.recording() as log:
-        out_x, out_f = sp(shard_sequence(x, mesh), shard_sequence(f, mesh))
-        (out_x.sum() + out_f.sum()).backward()
-    return log.totals()
-
-
 def _all_checks(rank, world):
     mesh = init_mesh(sp=world)
     out = {"parity": {}, "equivariance": {}}
@@ -180,14 +166,17 @@ def _all_checks(rank, world):
     for head in HEADS:
         for strategy in ("channels", "fft"):
             out["equivariance"][(head, strategy)] = _equivariance(mesh, head, strategy)
-    out["ledger"] = {s: _ledger(mesh, s, 4 * world) for s in ("channels", "fft")}
+    out["ledger"] = {s: _ledger(mesh, HyenaConfig(sp_strategy=s), 4 * world, seed=2) for s in ("channels", "fft")}
     out["local_parity"], out["local_signal"] = {}, {}
     for head, strategy, mode, n, w, chunk, dtype in _local_cases(world):
         key = (head, strategy, mode, n, w, chunk, str(dtype))
         out["local_parity"][key], out["local_signal"][key] = _parity(mesh, head, strategy, mode, n, dtype, w, chunk)
     out["local_equivariance"] = {case: _equivariance(mesh, *case[:2], n=case[3], mode=case[2], window=case[4])
                                  for case in _local_equivariance_cases(world)}
-    out["local_ledger"] = {mode: _local_ledger(mesh, mode, 2 * world + 1) for mode in ("circular", "causal")}
+    out["local_ledger"] = {  # the n-body model with local_window = LEDGER_WINDOW
+        mode: _ledger(mesh, HyenaConfig(sp_strategy="channels", conv_mode=mode, local_window=LEDGER_WINDOW),
+                      2 * world + 1, seed=3)
+        for mode in ("circular", "causal")}
     return out
 
 
@@ -211,23 +200,28 @@ def test_equivariance_sharded(group):
             assert err <= 1e-10, f"sp={p} rank {r} {key}: equivariance error {err:.3e}"
 
 
+def _layer_traffic(measured: dict, layer: str) -> dict:
+    """The group's bytes per op of one ledger layer, from its totals per (layer, op)."""
+    return {op: b for (name, op), b in measured.items() if name == layer}
+
+
+def _with_backward(forward: dict) -> dict:
+    """Each forward op's volume and its backward mirror's (the same bytes)."""
+    return forward | {f"{op}.backward": b for op, b in forward.items()}
+
+
 @pytest.mark.timeout(350)
 def test_ledger_per_layer(group):
     """Each block's conv is its own ledger layer, and its traffic is the closed-form volume."""
     p, results = group
     cfg = HyenaConfig()
     for strategy in ("channels", "fft"):
-        measured: dict = {}
-        for res in results:
-            for key, nbytes in res["ledger"][strategy].items():
-                measured[key] = measured.get(key, 0) + nbytes
+        measured = summed_over_ranks([res["ledger"][strategy] for res in results])
         forward = conv_bytes(strategy, "circular", 4 * p, p, cfg.vector_width, cfg.scalar_width, itemsize=8,
                                batch=2, counts_given=True)
         for i in range(cfg.n_blocks):
             layer = f"blocks.{i}.operator.context"
-            got = {op: b for (name, op), b in measured.items() if name == layer}
-            expected = forward | {f"{op}.backward": b for op, b in forward.items()}
-            assert got == expected, f"sp={p} {strategy} {layer}"
+            assert _layer_traffic(measured, layer) == _with_backward(forward), f"sp={p} {strategy} {layer}"
         # Outside the convs only the token counts (once per forward, not per block) and the centroid are reduced.
         others = {op for (name, op) in measured if not name.startswith("blocks.")}
         assert others <= {"token_counts", "all_reduce", "all_reduce.backward"}, others
@@ -261,21 +255,15 @@ def test_local_context_ledger(group):
     n = 2 * p + 1
     row_numel = 3 * len(cfg.position_channels) + 3 * cfg.vector_width + cfg.scalar_width
     for mode in ("circular", "causal"):
-        measured: dict = {}
-        for res in results:
-            for key, nbytes in res["local_ledger"][mode].items():
-                measured[key] = measured.get(key, 0) + nbytes
+        measured = summed_over_ranks([res["local_ledger"][mode] for res in results])
         halo = halo_bytes(mode, split_sizes(n, p), LEDGER_WINDOW, row_numel, itemsize=8, batch=2)
         assert halo > 0
         conv = conv_bytes("channels", mode, n, p, cfg.vector_width, cfg.scalar_width, itemsize=8, batch=2,
                           counts_given=True)
         for i in range(cfg.n_blocks):
             layer = f"blocks.{i}.local"
-            got = {op: b for (name, op), b in measured.items() if name == layer}
-            assert got == {"halo": halo, "halo.backward": halo}, f"sp={p} {mode} {layer}"
+            assert _layer_traffic(measured, layer) == _with_backward({"halo": halo}), f"sp={p} {mode} {layer}"
             layer = f"blocks.{i}.operator.context"
-            got = {op: b for (name, op), b in measured.items() if name == layer}
-            expected = conv | {f"{op}.backward": b for op, b in conv.items()}
-            assert got == expected, f"sp={p} {mode} {layer}"
+            assert _layer_traffic(measured, layer) == _with_backward(conv), f"sp={p} {mode} {layer}"
         others = {op for (name, op) in measured if not name.startswith("blocks.")}
         assert others <= {"token_counts", "all_reduce", "all_reduce.backward"}, others
