@@ -97,12 +97,14 @@ def main() -> None:
     print(f"[md] sp={sp} rank 0: loader {loader['tokens_per_s']:.3g} tokens/s, step "
           f"{step['tokens_per_s']:.3g} tokens/s ({step['step_s']:.2f} s on {step['tokens']} tokens): ratio "
           f"{ratio:.0f}", flush=True)
-    payload = {"benchmark": "md_throughput", "machine": harness.machine(), "topology": Path(topology).name,
-               "trajectory": Path(trajectory).name,
-               "repeat": len(trajectories), "preprocess": runs, "mpi_equals_serial": same,
-               "loader": loader, "step": step, "sp": sp, "loader_over_step": ratio}
+    payload = {"benchmark": "md_throughput", "machine": harness.machine(),
+               "config": {"topology": Path(topology).name, "trajectory": Path(trajectory).name,
+                          "repeat": len(trajectories), "sp": sp, "model_config": CONFIG.name},
+               "runs": [{"section": "preprocess", **r} for r in runs], "mpi_equals_serial": same,
+               "loader": loader, "step": step, "loader_over_step": ratio}
     out = args.out or (work if args.quick else harness.RESULTS)
-    print(harness.save("md_throughput", payload, out))
+    print(harness.save("md_throughput", payload, out,
+                       required=("mpi_equals_serial", "loader", "step", "loader_over_step")))
     if not same:
         raise SystemExit("the 2-rank store differs from the 1-rank store")
 
