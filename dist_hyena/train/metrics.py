@@ -73,7 +73,8 @@ class MetricsLogger:
 
 
 def plot_loss_curve(jsonl: str | Path, out: str | Path) -> Path:
-    """Training loss (and validation MSE where logged) against step, log scale."""
+    """Training loss (and validation MSE where logged, with the references a next-frame task logs beside it:
+    static, constant velocity) against step, log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +88,11 @@ def plot_loss_curve(jsonl: str | Path, out: str | Path) -> Path:
         ax.plot(*zip(*train, strict=True), label="train loss (MSE)")
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation MSE")
+    for key, label in (("val_static_mse", "validation: static x_t"),
+                       ("val_constant_velocity_mse", "validation: x_t + Δt v_t")):
+        ref = [(r["step"], r[key]) for r in records if key in r]
+        if ref:
+            ax.plot(*zip(*ref, strict=True), "--", label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean squared error")
     ax.set_yscale("log")
