@@ -522,21 +522,23 @@ def main() -> None:
         return
     payload.update({"benchmark": "accuracy", "machine": harness.machine()})
     parts = ["nbody", "recall", "long"] if args.part == "all" else [args.part]
+    written = []  # the sections the parts run so far wrote: checked before each save
     for part in parts:
         steps = args.steps
         if part == "nbody":
             args.steps = steps or (10 if args.quick else 600)
-            payload[args.nbody_key] = run_nbody(args, work)
+            key, payload[args.nbody_key] = args.nbody_key, run_nbody(args, work)
         elif part == "ablation":
             args.steps = steps or (10 if args.quick else 500)
-            payload["ablation"] = run_ablation(args, work, payload)
+            key, payload["ablation"] = "ablation", run_ablation(args, work, payload)
         elif part == "collect":
             key, payload[key] = collect_runs(args, payload)
         elif part == "recall":
             args.steps = steps or (3 if args.quick else 150)
-            payload["recall"] = run_recall(args, work, payload.get("recall"))
+            key, payload["recall"] = "recall", run_recall(args, work, payload.get("recall"))
         else:
-            payload["long"] = run_long(args, work, payload)
+            key, payload["long"] = "long", run_long(args, work, payload)
+        written.append(key)
         args.steps = steps
         if "recall" in payload:  # the no-retrieval references of every (length, vocabulary) trained
             firsts = {(r["n_tokens"], r["variant"]): r for r in reversed(payload["recall"]["runs"])}
@@ -544,7 +546,7 @@ def main() -> None:
                                                for (n, v), r in sorted(firsts.items())]
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun (--part long, sp > 1) rank 0 writes
             # after every part: a stopped session keeps what it measured
-            harness.save("accuracy", payload, out, required=tuple(parts[: parts.index(part) + 1]),
+            harness.save("accuracy", payload, out, required=tuple(written),
                          config=harness.settings(args))
     if int(os.environ.get("RANK", "0")) == 0:
         plot(payload, out / "accuracy.png")

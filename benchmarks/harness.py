@@ -129,7 +129,10 @@ def save(name: str, payload: dict, out_dir: Path = RESULTS, required: tuple[str,
 
 def settings(args: argparse.Namespace) -> dict:
     """A script's parsed arguments as the ``config`` of its result (paths as strings; not the hidden --point)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "point"}
+    def plain(v):
+        return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, list | tuple) else v
+
+    return {k: plain(v) for k, v in vars(args).items() if k != "point"}
 
 
 def machine() -> dict:
