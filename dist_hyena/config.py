@@ -53,6 +53,8 @@ class HyenaConfig:
     channel, by the ReLU of a learned invariant of the token (more outputs of the gating MLP) before the long
     convolution. A token whose gate is negative adds exactly nothing to the context, at any length, where a
     sigmoid-gated or ungated token always adds a little: the sum of those leaks grows with N.
+    ``zero_update`` (default False): the n-body head's last linear map (and linear path) starts at zero, so an
+    untrained model predicts the input positions (the static reference) and training moves it from there.
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
@@ -84,6 +86,7 @@ class HyenaConfig:
     context_norm: bool = False
     recall_readout: str = "mean"
     source_gate: bool = False
+    zero_update: bool = False
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)

@@ -217,6 +217,11 @@ class SE3HyenaModel(nn.Module):
         self.embed_in = mlp(cfg, cfg.vector_in, cfg.scalar_in, cv, d, linear_path=cfg.linear_path)
         self.blocks = nn.ModuleList(HyenaBlock(cfg, mesh) for _ in range(cfg.n_blocks))
         self.head = mlp(cfg, cv, d, cfg.vector_out, cfg.scalar_out, linear_path=cfg.linear_path)
+        if cfg.zero_update and cfg.head == "nbody":  # an untrained model predicts the input positions
+            with torch.no_grad():
+                for layer in (self.head.mlp.net[-1], self.head.mlp.skip):
+                    for p in () if layer is None else layer.parameters():
+                        p.zero_()
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg

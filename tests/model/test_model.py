@@ -235,3 +235,15 @@ def test_operator_and_block_equivariant_float64(mixer, reflect):
     with torch.no_grad():
         for layer in (operator, block, local_block):
             assert_equivariant(layer, x, f, (), tol=1e-10, outputs="vectors", reflect=reflect)
+
+
+def test_zero_update_starts_at_the_input_positions():
+    """zero_update: an untrained n-body model predicts its input positions (the static reference), and its
+    head still has a gradient to move away from them."""
+    torch.manual_seed(0)
+    model = SE3HyenaModel(HyenaConfig(zero_update=True, linear_path=True)).double()
+    x, f = torch.randn(2, 7, 2, 3, dtype=torch.float64) * 3 + 10, torch.randn(2, 7, 1, dtype=torch.float64)
+    out, _ = model(x, f)
+    torch.testing.assert_close(out[:, :, 0], x[:, :, 0], rtol=0, atol=1e-12)
+    (out - torch.randn_like(out)).square().sum().backward()
+    assert model.head.mlp.net[-1].weight.grad.abs().sum() > 0
