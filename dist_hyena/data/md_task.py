@@ -88,23 +88,28 @@ def _check_file(path: str, role: str) -> Path:
 
 
 def open_universe(topology: str, trajectories: tuple[str, ...] | list[str]):
-    """An MDAnalysis Universe of the files, with errors that name the file at fault."""
+    """An MDAnalysis Universe of the files, with errors that name the file at fault. The files are opened once;
+    only when that fails is each one opened alone, to say which one and why."""
     import MDAnalysis as mda
 
     _check_file(topology, "topology")
     for t in trajectories:
         _check_file(t, "trajectory")
-    top, error = _attempt(lambda: mda.Universe(topology))
-    if error:
-        raise ValueError(f"topology {topology}: MDAnalysis cannot read it ({error})")
+    universe, error = _attempt(lambda: mda.Universe(topology, *trajectories))
+    if universe is not None:
+        return universe
+    top, top_error = _attempt(lambda: mda.Universe(topology))
+    if top_error:
+        raise ValueError(f"topology {topology}: MDAnalysis cannot read it ({top_error})")
     for t in trajectories:
         n_atoms = _atoms_in(t)
         if n_atoms is not None and n_atoms != top.atoms.n_atoms:
             raise ValueError(f"trajectory {t} has {n_atoms} atoms, topology {topology} has {top.atoms.n_atoms}")
-        _, error = _attempt(lambda t=t: mda.Universe(topology, t))
-        if error:
-            raise ValueError(f"trajectory {t}: MDAnalysis cannot read it with topology {topology} ({error})")
-    return _attempt(lambda: mda.Universe(topology, *trajectories))[0]
+        _, alone = _attempt(lambda t=t: mda.Universe(topology, t))
+        if alone:
+            raise ValueError(f"trajectory {t}: MDAnalysis cannot read it with topology {topology} ({alone})")
+    raise ValueError(f"{', '.join(trajectories)} with topology {topology}: MDAnalysis cannot read them together "
+                     f"({error})")
 
 
 def _atoms_in(trajectory: str) -> int | None:
@@ -341,9 +346,10 @@ class MDTask:
 
     def _whole(self, x: np.ndarray, box: np.ndarray) -> np.ndarray:
         cell = _cell(box)
-        for child, parent in self._levels:
+        inverse = np.linalg.inv(cell)
+        for child, parent in self._levels:  # a bond is far shorter than the box: rounding finds its nearest image
             d = x[child] - x[parent]
-            x[child] = x[parent] + d + _to_nearest_image(d, cell)
+            x[child] = x[parent] + d - np.round(d @ inverse) @ cell
         return x
 
     def _follow(self, x0: np.ndarray, x1: np.ndarray, box: np.ndarray) -> np.ndarray:
