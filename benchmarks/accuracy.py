@@ -289,7 +289,7 @@ def run_long(args, work: Path, payload: dict) -> dict:
     import torch
 
     from dist_hyena.data import GeneratedRecall
-    from dist_hyena.train.engine import recall_hits
+    from dist_hyena.tasks import recall_hits
     from dist_hyena.train.export import load_exported
 
     models = []  # (label, exported model, variant, vocab, trained at (the longest training length), positions)

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from dist_hyena.data.build import make_task
-from dist_hyena.data.cli import add_common_args, run
+from dist_hyena.data.cli import add_common_args, preset_layout, run
 
 
 def main() -> int:
@@ -54,7 +54,7 @@ def main() -> int:
         help="torch device for the simulation (default: a GPU when present, one per rank of a node)",
     )
     args = parser.parse_args()
-    task = make_task(
+    return run(args, lambda: make_task(
         args.preset,
         args.seed,
         device=args.device,
@@ -65,8 +65,7 @@ def main() -> int:
         target_frame=args.target_frame,
         dt=args.dt,
         softening=args.softening,
-    )
-    return run(args, args.preset, task)
+    ), lambda task: preset_layout(args, args.preset))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from dist_hyena.data.build import make_task
-from dist_hyena.data.cli import add_common_args, run
+from dist_hyena.data.cli import add_common_args, preset_layout, run
 
 
 def main() -> int:
@@ -32,8 +32,8 @@ def main() -> int:
         help="random: a new vocabulary per sequence (default); fixed: one vocabulary, each sequence randomly rotated",
     )
     args = parser.parse_args()
-    task = make_task("recall", args.seed, n_tokens=args.n_tokens, vocab_size=args.vocab_size, variant=args.variant)
-    return run(args, "recall", task)
+    return run(args, lambda: make_task("recall", args.seed, n_tokens=args.n_tokens, vocab_size=args.vocab_size,
+                                       variant=args.variant), lambda task: preset_layout(args, "recall"))
 
 
 if __name__ == "__main__":

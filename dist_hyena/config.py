@@ -49,6 +49,10 @@ class HyenaConfig:
     tokens keep their scale at every length (circular mode only: the norm reads every token).
     ``recall_readout``: what the recall head reads, ``mean`` (the token mean, the paper's) or ``query`` (the
     sample's last token, the query: a read-out whose weight does not fall as 1/N with the length).
+    ``source_gate`` (default False, the paper's operator): each operator multiplies its ``q`` streams, channel by
+    channel, by the ReLU of a learned invariant of the token (more outputs of the gating MLP) before the long
+    convolution. A token whose gate is negative adds exactly nothing to the context, at any length, where a
+    sigmoid-gated or ungated token always adds a little: the sum of those leaks grows with N.
     ``position_channels`` are the input vector
     channels that are positions: the model centres them and adds the centroid back to the
     predicted positions; other vectors (velocities) are translation-invariant.
@@ -79,6 +83,7 @@ class HyenaConfig:
     local_hidden: int = 64
     context_norm: bool = False
     recall_readout: str = "mean"
+    source_gate: bool = False
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)

@@ -119,7 +119,8 @@ class HyenaOperator(nn.Module):
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
         cv, d = self.cv, self.d
         self.project_in = mlp(cfg, cv, d, 3 * cv, 3 * d)
-        self.gate = mlp(cfg, cv, d, 0, cv + d, cfg.gate_width)
+        self.source_gate = cfg.source_gate
+        self.gate = mlp(cfg, cv, d, 0, (cv + d) * (2 if cfg.source_gate else 1), cfg.gate_width)
         self.project_out = mlp(cfg, cv, d, cv, d)
         self.context = _global_context(cfg, mesh)
         self.context_norm, self.mesh = cfg.context_norm, mesh
@@ -130,11 +131,15 @@ class HyenaOperator(nn.Module):
         vectors, scalars = self.project_in(x, f)
         q_eqv, k_eqv, v_eqv = vectors.chunk(3, dim=2)
         q_inv, k_inv, v_inv = scalars.chunk(3, dim=2)
+        # The gates read only the scalar blade, so they are invariant and keep the vector streams equivariant.
+        _, gates = self.gate(x, f)
+        if self.source_gate:
+            gates, source = gates.chunk(2, dim=-1)
+            source = torch.relu(source)
+            q_eqv, q_inv = q_eqv * source[..., : self.cv, None], q_inv * source[..., self.cv :]
         u_eqv, u_inv = self.context(q_eqv, k_eqv, v_eqv, q_inv, k_inv, v_inv, counts)
         if self.context_norm:
             u_eqv, u_inv = normalise_context(u_eqv, u_inv, sum(counts), self.mesh)
-        # The gates read only the scalar blade, so they are invariant and keep u_eqv equivariant.
-        _, gates = self.gate(x, f)
         u_eqv = torch.sigmoid(gates[..., : self.cv, None]) * u_eqv
         u_inv = torch.sigmoid(gates[..., self.cv :]) * u_inv
         return self.project_out(x + torch.linalg.cross(u_eqv, v_eqv, dim=-1), f + u_inv * v_inv)

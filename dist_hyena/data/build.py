@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from dist_hyena.data import store
 from dist_hyena.data.layout import unit_range
+from dist_hyena.data.md_task import MDParams, MDTask
 from dist_hyena.data.nbody_task import NBodyParams, NBodyTask
 from dist_hyena.data.recall_task import RecallTask
 from dist_hyena.data.work import SerialComm, my_share
@@ -54,8 +55,6 @@ _MAX_TOKENS_PER_CHUNK = 65536
 class PreparationError(store.DataError):
     """The store could not be prepared; every rank raises it (none is left waiting)."""
 
-
-COMMANDS = {"nbody": "python datasets/nbody.py", "recall": "python datasets/recall.py"}
 
 
 def make_task(preset: str, seed: int, device: str | None = None, **overrides):
@@ -156,3 +155,22 @@ def generate_store(
         tokens_per_chunk,
         progress=progress,
     )
+
+
+def md_store(
+    out: str | Path,
+    topology: str,
+    trajectories: list[str] | tuple[str, ...],
+    *,
+    samples_per_chunk: int | None = None,
+    tokens_per_chunk: int | None = None,
+    comm=None,
+    progress: bool = False,
+    **params,
+) -> Path:
+    """Preprocess (or complete) an MD trajectory store, by the same code path as ``datasets/md.py``; call on
+    every rank of ``comm``. ``params``: :class:`MDParams`' fields (select, delta, stride, val_frames,
+    test_frames, gap, velocities). -> out."""
+    task = MDTask(MDParams(topology, tuple(trajectories), **params))
+    return build_store(task, out, 0, task.sizes, samples_per_chunk or task.samples_per_chunk(), tokens_per_chunk,
+                       comm=comm, progress=progress)

@@ -1,5 +1,5 @@
-"""The part of the preprocessing command lines that both datasets/*.py scripts share:
-split sizes, chunking, --verify, and running on every MPI rank without hangs."""
+"""The part of the preprocessing command lines that the datasets/*.py scripts share: the store's options
+(chunking, --verify), the synthetic tasks' seed and split sizes, and running on every MPI rank without hangs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from dist_hyena.data.work import world_comm
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="store directory to create, or to complete after a crash")
+    """The options of a generated (synthetic) dataset: the store's, the seed and the split sizes."""
+    add_store_args(parser)
     parser.add_argument(
         "--seed",
         type=int,
@@ -23,6 +24,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
     for split in ("train", "val", "test"):
         parser.add_argument(f"--{split}", type=int, default=None, help=f"number of {split} samples (default: preset's)")
+
+
+def add_store_args(parser: argparse.ArgumentParser) -> None:
+    """The options of every preprocessing command: where the store goes, its chunking, --verify."""
+    parser.add_argument("--out", required=True, help="store directory to create, or to complete after a crash")
     parser.add_argument(
         "--samples-per-chunk",
         type=int,
@@ -44,24 +50,28 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace, preset: str, task) -> int:
-    """Generate (or verify) on every rank; an error on any rank aborts all of them."""
+def preset_layout(args: argparse.Namespace, preset: str) -> tuple[dict[str, int], int]:
+    """The split sizes and samples per chunk of a preset, with the command line's overrides."""
+    defaults = PRESETS[preset]
+    sizes = {s: getattr(args, s) if getattr(args, s) is not None else n for s, n in defaults["sizes"].items()}
+    return sizes, args.samples_per_chunk or defaults["samples_per_chunk"]
+
+
+def run(args: argparse.Namespace, make_task, layout) -> int:
+    """Generate (or verify) on every rank; an error on any rank aborts all of them. ``make_task()`` builds the
+    task on every rank (a ValueError or missing file there, the same on every rank, ends each cleanly);
+    ``layout(task)`` -> (split sizes, samples per chunk)."""
     comm = world_comm()
     try:
         if args.verify:
             return _verify(args.out, comm)
-        defaults = PRESETS[preset]
-        sizes = {s: getattr(args, s) if getattr(args, s) is not None else n for s, n in defaults["sizes"].items()}
-        build_store(
-            task,
-            args.out,
-            args.seed,
-            sizes,
-            args.samples_per_chunk or defaults["samples_per_chunk"],
-            args.tokens_per_chunk,
-            comm=comm,
-            progress=not args.no_progress,
-        )
+        try:
+            task = make_task()
+        except (ValueError, FileNotFoundError) as e:
+            raise PreparationError(str(e)) from None
+        sizes, samples_per_chunk = layout(task)
+        build_store(task, args.out, getattr(args, "seed", 0), sizes, samples_per_chunk, args.tokens_per_chunk,
+                    comm=comm, progress=not args.no_progress)
     except PreparationError as e:  # every rank has it: a clean exit, no abort
         if comm.rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)

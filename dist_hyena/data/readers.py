@@ -1,11 +1,10 @@
 """Readers: one split's samples, as model inputs for a token block (docs/design.md §4.4).
 
 `StoreReader` reads a finished zarr store, decoding only the chunks that overlap the
-requested token block, caching decoded regions. `GeneratedRecall` makes recall samples on
-the fly from a seed (no store). Both give, for sample ids and a token block [t0, t1):
-  x [B, n, C_in, 3]  n-body: position and velocity at the input frame; recall: the token
-  f [B, n, S]        n-body: charge; recall: sinusoidal encoding of the global token index
-  y                  n-body: [B, n, 1, 3] positions at the target frame; recall: [B, 1, 3]
+requested token block, caching decoded regions; its task (`dist_hyena.tasks`) says which arrays
+make the inputs. `GeneratedRecall` makes recall samples on the fly from a seed (no store). Both
+give, for sample ids and a token block [t0, t1), the inputs "x", "f" and targets "y" that
+`dist_hyena.tasks` describes.
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ import numpy as np
 
 from dist_hyena.data import store
 from dist_hyena.data.layout import SPLITS
-from dist_hyena.data.recall_task import POSITION_DIM, RecallTask, invariant_input
+from dist_hyena.data.recall_task import POSITION_DIM, RecallTask
 from dist_hyena.data.store import DataError
+from dist_hyena.tasks import task_of
 
 _CACHE_BYTES = 256 * 2**20
 
@@ -30,6 +30,10 @@ class StoreReader:
     def __init__(self, path: str | Path, split: str, cache_bytes: int = _CACHE_BYTES):
         root = store.open_store(path, command=_create_command(path))
         self.meta = root.attrs.asdict()
+        try:
+            self.task = task_of(self.meta)
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from None
         if split not in self.meta["splits"]:
             raise KeyError(f"{path} has no split {split!r}; it has {sorted(self.meta['splits'])}")
         self.group = root[split]
@@ -44,23 +48,7 @@ class StoreReader:
         return self.meta["n_tokens"]
 
     def read(self, indices: np.ndarray, t0: int, t1: int) -> dict[str, np.ndarray]:
-        m = self.meta
-        if m["task"] == "nbody":
-            tok = slice(t0, t1)
-            pos_in = self._gather("positions", indices, (m["input_frame"], tok, slice(None)))
-            vel_in = self._gather("velocities", indices, (m["input_frame"], tok, slice(None)))
-            return {
-                "x": np.stack([pos_in, vel_in], axis=2),
-                "f": self._gather("charges", indices, (tok,))[..., None],
-                "y": self._gather("positions", indices, (m["target_frame"], tok, slice(None)))[:, :, None],
-            }
-        tokens = self._gather("tokens", indices, (slice(t0, t1), slice(None)))
-        return {
-            "x": tokens[:, :, None],
-            "f": np.broadcast_to(invariant_input(m["n_tokens"], m["position_encoding"].get("of", "index"), t0, t1),
-                                 (len(indices), t1 - t0, POSITION_DIM)),
-            "y": self._gather("target", indices, (slice(None),))[:, None],
-        }
+        return self.task.read(self.meta, self._gather, indices, t0, t1)
 
     def _gather(self, name: str, indices: np.ndarray, sel: tuple) -> np.ndarray:
         """array[indices, *sel] with sel entries ints or slices (one per non-sample dim)."""
@@ -99,7 +87,8 @@ class StoreReader:
 
 
 def _create_command(path) -> str:
-    return f"python datasets/nbody.py --preset nbody5 --out {path}  (or datasets/recall.py --out {path})"
+    return (f"python datasets/nbody.py --preset nbody5 --out {path}  (or datasets/recall.py --out {path}, or "
+            f"datasets/md.py --topology ... --trajectory ... --out {path})")
 
 
 class GeneratedRecall:

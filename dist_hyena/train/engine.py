@@ -122,37 +122,15 @@ def forward_batch(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torc
     return pred.float(), x, y
 
 
-def squared_error(pred: torch.Tensor, y: torch.Tensor, task: str, n_tokens: int,
-                  sp: int) -> tuple[torch.Tensor, float, int]:
-    """The three numbers of :func:`batch_error` from a prediction."""
-    sse = (pred - y).square().sum()
-    if task == "nbody":
-        return sse, y.numel(), y.shape[0] * n_tokens * y.shape[2] * 3
-    return sse / sp, y.numel() / sp, y.numel()
-
-
-def batch_error(engine, batch: dict, task: str, n_tokens: int, sp: int) -> tuple[torch.Tensor, float, int]:
+def batch_error(engine, batch: dict, task, n_tokens: int, sp: int) -> tuple[torch.Tensor, float, int]:
     """-> (this rank's weighted sum of squared errors, its weighted element count, the element
     count of its sp group's whole micro-batch). The loss to backpropagate is sse / group count.
 
-    `batch` holds this rank's token block: "x" [B, n, C_in, 3], "f" [B, n, S], "y" n-body
-    [B, n, 1, 3] (targets per token) or recall [B, 1, 3] (one vector per sample).
+    `batch` holds this rank's token block (inputs and targets as `dist_hyena.tasks` describes);
+    `task` is its `dist_hyena.tasks` object.
     """
     pred, _, y = forward_batch(engine, batch)
-    return squared_error(pred, y, task, n_tokens, sp)
-
-
-def recall_hits(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sp_group=None) -> torch.Tensor:
-    """Associative-recall accuracy per sample [B] (bool): the prediction is nearer to the target value than to
-    every other vector of the sequence (the nearest-neighbour read-out over the sequence's own vocabulary; chance
-    is about 1 / vocab_size). `x` [B, n, 1, 3] is this rank's token block; with `sp_group` the nearest other
-    vector is found over the whole sequence (an all-reduce MIN), so every sp rank returns the same answer."""
-    tokens, target, p = x[:, :, 0].float(), y[:, 0].float(), pred[:, 0]
-    other = ((tokens - target[:, None]).norm(dim=-1) > 1e-5) & (tokens.norm(dim=-1) > 0)  # not the target, no pad
-    nearest_other = (tokens - p[:, None]).norm(dim=-1).masked_fill(~other, math.inf).amin(dim=1)
-    if sp_group is not None and dist.get_world_size(sp_group) > 1:
-        dist.all_reduce(nearest_other, op=dist.ReduceOp.MIN, group=sp_group)
-    return (p - target).norm(dim=-1) < nearest_other
+    return task.squared_error(pred, y, n_tokens, sp)
 
 
 def all_reduce_sum(values: list[float | torch.Tensor], device) -> list[float]:

@@ -26,6 +26,7 @@ from dist_hyena.config import HyenaConfig
 from dist_hyena.data import GeneratedRecall, StreamingLoader, generate_store
 from dist_hyena.parallel import Mesh, init_mesh
 from dist_hyena.runtime import init_distributed
+from dist_hyena.tasks import task_of
 from dist_hyena.train import checkpoint
 from dist_hyena.train.augment import permute_tokens
 from dist_hyena.train.config import ConfigError, TrainConfig
@@ -35,8 +36,6 @@ from dist_hyena.train.engine import (
     build_engine,
     forward_batch,
     micro_batch_size,
-    recall_hits,
-    squared_error,
 )
 from dist_hyena.train.export import export_checkpoint
 from dist_hyena.train.guards import (
@@ -82,32 +81,30 @@ def _loader(source, split: str, batch: int, mesh: Mesh, cfg: TrainConfig, shuffl
                            num_workers=cfg.data.num_workers, prefetch=cfg.data.prefetch)
 
 
-def evaluate(engine, loader: StreamingLoader, task: str, mesh: Mesh, max_batches: int) -> dict:
-    """Mean squared error over a split (every dp rank its share; the same number of batches on
-    every rank, as ZeRO-3 gathers parameters collectively) -> {"mse"}, plus {"accuracy"} for recall
-    (:func:`recall_hits`: the prediction's nearest vector of the sequence is the target)."""
+def evaluate(engine, loader: StreamingLoader, task, mesh: Mesh, max_batches: int) -> dict:
+    """The task's metrics over a split (every dp rank its share; the same number of batches on every rank, as
+    ZeRO-3 gathers parameters collectively): {"mse"} and what the task adds (`dist_hyena.tasks`: the static and
+    constant-velocity references of a next-frame task on the same batches, recall's accuracy)."""
     engine.eval()
     # Every validation reads the split from its start, also after one cut short by max_batches.
     loader.load_state_dict({**loader.state_dict(), "epoch": 0, "position": 0})
-    sse = count = hits = samples = 0.0
+    sums: dict[str, float] = {}
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if max_batches and i >= max_batches:
                 break
             pred, x, y = forward_batch(engine, batch)
-            s, n, _ = squared_error(pred, y, task, loader.meta["n_tokens"], mesh.sp)
-            sse, count = sse + s.item(), count + n
-            if task == "recall":  # every sp rank holds the same answer: each counts 1/sp of it
-                hit = recall_hits(pred, x, y, mesh.sp_group if mesh.sp > 1 else None)
-                hits, samples = hits + hit.sum().item() / mesh.sp, samples + hit.numel() / mesh.sp
+            for key, value in task.eval_sums(loader.meta, pred, x, y, mesh).items():
+                sums[key] = sums.get(key, 0.0) + value
     engine.train()
-    sse, count, hits, samples = all_reduce_sum([sse, count, hits, samples], engine.device)
-    return {"mse": sse / count, **({"accuracy": hits / samples} if task == "recall" else {})}
+    return task.metrics(dict(zip(sums, all_reduce_sum(list(sums.values()), engine.device), strict=True)))
 
 
 def _model_config(cfg: TrainConfig, meta: dict):
-    if cfg.model.head != meta["task"]:
-        raise ConfigError(f"model.head = {cfg.model.head!r} but the dataset at data.path is a {meta['task']!r} task")
+    task = task_of(meta)
+    if cfg.model.head != task.head:
+        raise ConfigError(f"model.head = {cfg.model.head!r} but the dataset at data.path is a {task.name!r} task, "
+                          f"which trains the {task.head!r} head")
     return dataclasses.replace(cfg.model, vector_in=meta["vector_in"], scalar_in=meta["scalar_in"])
 
 
@@ -120,7 +117,7 @@ class Run:
     mesh: Mesh
     engine: object  # the DeepSpeed engine
     model_cfg: HyenaConfig  # the model section with the dataset's input widths
-    task: str
+    task: object  # its dist_hyena.tasks entry: inputs, loss, metrics
     n_tokens: int
     run_dir: Path
     train_loader: StreamingLoader
@@ -177,10 +174,10 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     train_loader, val_loader, test_loader = _loaders(cfg, mesh, main)
     meta = train_loader.meta
-    task, n_tokens = meta["task"], meta["n_tokens"]
-    if cfg.data.augment == "permute" and (task != "nbody" or mesh.sp > 1):
+    task, n_tokens = task_of(meta), meta["n_tokens"]
+    if cfg.data.augment == "permute" and (not task.permutable or mesh.sp > 1):
         raise ConfigError(f"data.augment = permute shuffles the particles of n-body samples on one rank; this run is "
-                          f"a {task!r} task at parallel.sp = {mesh.sp}")
+                          f"a {task.name!r} task at parallel.sp = {mesh.sp}")
     model_cfg = _model_config(cfg, meta)
     engine, _ = build_engine(cfg, model_cfg, mesh)
 
@@ -195,7 +192,7 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         # The model section as built (input widths filled in from the dataset), for export.
         (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
-        print(f"[dist_hyena] run {cfg.run.name}: world {world} = dp {mesh.dp} x sp {mesh.sp}, {task} "
+        print(f"[dist_hyena] run {cfg.run.name}: world {world} = dp {mesh.dp} x sp {mesh.sp}, {task.name} "
               f"{n_tokens} tokens/sample, " + (f"resumed from {tags[-1]}" if tags else "from scratch"), flush=True)
     log = MetricsLogger(run_dir, main, cfg.train.steps, start)
     return Run(cfg, main, mesh, engine, model_cfg, task, n_tokens, run_dir, train_loader, val_loader, test_loader,

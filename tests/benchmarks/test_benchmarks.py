@@ -22,6 +22,7 @@ EXPECTED = {
     "accuracy": {"nbody", "recall", "long"},
     "thread_policy": {"runs", "summary"},
     "step_efficiency": {"trees", "runs", "summary"},
+    "md_throughput": {"preprocess", "mpi_equals_serial", "loader", "step", "loader_over_step"},
 }
 
 

@@ -7,7 +7,7 @@ import torch
 from dist_hyena import HyenaConfig
 from dist_hyena.baselines import LinearBaseline, build_model
 from dist_hyena.model import SE3HyenaModel
-from dist_hyena.train.engine import recall_hits
+from dist_hyena.tasks import recall_hits
 from tests.helpers.equivariance import assert_equivariant, relative_error
 
 

@@ -24,6 +24,7 @@ CONFIGS = {
     "recall-context-norm-local": dict(RECALL, context_norm=True, local_window=1),
     "nbody-context-norm": dict(context_norm=True),
     "recall-query-readout": dict(RECALL, recall_readout="query", context_norm=True, local_window=1),
+    "recall-source-gate": dict(RECALL, source_gate=True, context_norm=True, local_window=1),
     "recall-attention": dict(RECALL, mixer="attention", conv_mode="causal"),
 }
 

@@ -14,7 +14,7 @@ import torch
 
 from dist_hyena import HyenaConfig, SE3HyenaModel
 from dist_hyena.data import GeneratedRecall
-from dist_hyena.train.engine import recall_hits
+from dist_hyena.tasks import recall_hits
 
 N_TOKENS, STEPS, BATCH, LR = 16, 160, 32, 5e-3
 

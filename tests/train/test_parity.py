@@ -53,6 +53,7 @@ def _one_step_distributed(rank, world, cases, ds_dir):
     from deepspeed import zero
 
     from dist_hyena.parallel import init_mesh
+    from dist_hyena.tasks import TASKS
     from dist_hyena.train.engine import batch_error, build_engine
 
     out = {}
@@ -65,7 +66,7 @@ def _one_step_distributed(rank, world, cases, ds_dir):
         mine = {k: v[mesh.dp_rank * b:(mesh.dp_rank + 1) * b] for k, v in full.items()}
         for k in ("x", "f", "y") if task == "nbody" else ("x", "f"):  # recall: one target per sample
             mine[k] = mine[k][:, start:stop]
-        sse, _, group_count = batch_error(engine, mine, task, N_TOKENS, mesh.sp)
+        sse, _, group_count = batch_error(engine, mine, TASKS[task], N_TOKENS, mesh.sp)
         engine.backward(sse / group_count)
         engine.step()
         params = list(engine.module.parameters())

@@ -1,0 +1,111 @@
+"""Real trajectories: how fast `datasets/md.py` preprocesses, and whether the loader keeps up with training.
+
+    python benchmarks/md_throughput.py          # solvated adenylate kinase, 47,681 atoms -> results/md_throughput.json
+    python benchmarks/md_throughput.py --quick  # smoke run (the 3,341-atom protein, results in a temp dir)
+
+Preprocessing: `datasets/md.py` on the GROMACS TPR + TRR of MDAnalysisTests (the trajectory given ``--repeat``
+times, read as one: 10 frames each), in one process and under `mpiexec -n 2`; wall time of the whole command
+(interpreter start, opening the files, writing, finalising) and frames/s, atoms/s of the frames read (two per
+sample). Both runs write the same bytes (checked).
+
+Loader vs step, at sp = 2 (rank 0's token block of every sample): tokens/s the StreamingLoader delivers from the
+store made above, and tokens/s one training step (forward, MSE, backward, Adam) of `md_adk_solvated.yaml`'s
+model consumes on that block in one process: a rank's pointwise work without the all-to-alls, so the ratio
+delivery / consumption is a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import harness  # noqa: E402
+from benchmarks.loader_throughput import time_loader, train_step  # noqa: E402
+
+CONFIG = harness.ROOT / "dist_hyena" / "configs" / "md_adk_solvated.yaml"
+
+
+def preprocess(out: Path, topology: str, trajectories: list[str], ranks: int) -> dict:
+    cmd = [sys.executable, str(harness.ROOT / "datasets" / "md.py"), "--out", str(out), "--topology", topology,
+           "--trajectory", *trajectories, "--no-progress", "--val-frames", "0", "--test-frames", "0", "--gap", "0"]
+    if ranks > 1:
+        cmd = ["mpiexec", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), *cmd]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(harness.ROOT))
+    for key in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PMI_"))]:  # a clean MPI job of its own
+        del env[key]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    import zarr
+
+    attrs = zarr.open_group(out, mode="r").attrs.asdict()
+    samples = sum(attrs["splits"].values())
+    return {"ranks": ranks, "seconds": seconds, "samples": samples, "atoms": attrs["n_tokens"],
+            "frames_per_s": 2 * samples / seconds, "atoms_per_s": 2 * samples * attrs["n_tokens"] / seconds}
+
+
+def step_rate(store: Path, sp: int, repeats: int) -> dict:
+    import dataclasses
+
+    import torch
+
+    from dist_hyena import SE3HyenaModel
+    from dist_hyena.data import StreamingLoader
+    from dist_hyena.train.config import load_config
+
+    batch = next(iter(StreamingLoader(store, "train", 1, sp_rank=0, sp_size=sp)))
+    cfg = load_config(CONFIG)
+    torch.manual_seed(0)
+    model = SE3HyenaModel(dataclasses.replace(cfg.model, vector_in=batch["x"].shape[2], scalar_in=batch["f"].shape[2]))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    times = harness.timed(lambda: train_step(model, opt, batch), min_repeats=repeats, max_repeats=repeats)
+    n = batch["x"].shape[1]
+    return {"tokens": n, "step_s": harness.median(times), "tokens_per_s": n / harness.median(times)}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=4, help="times the 10-frame trajectory is read (default 4)")
+    ap.add_argument("--quick", action="store_true", help="the 3,341-atom protein, one repeat, results in a temp dir")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    args = ap.parse_args()
+    harness.set_threads(1)
+    import MDAnalysisTests.datafiles as files
+
+    topology, trajectory = (files.PSF, files.DCD) if args.quick else (files.TPR, files.TRR)
+    trajectories = [trajectory] * (1 if args.quick else args.repeat)
+    work = Path(tempfile.mkdtemp(prefix="md_throughput_"))
+    runs = [preprocess(work / f"ranks{r}", topology, trajectories, r) for r in (1, 2)]
+    same = _files(work / "ranks1") == _files(work / "ranks2")
+    for r in runs:
+        print(f"[md] preprocess {r['atoms']} atoms, {r['samples']} samples, {r['ranks']} rank(s): "
+              f"{r['seconds']:.1f} s, {r['frames_per_s']:.1f} frames/s, {r['atoms_per_s']:.3g} atoms/s", flush=True)
+    sp = 2
+    loader = time_loader(work / "ranks1", 1, sp_rank=0, sp_size=sp)
+    step = step_rate(work / "ranks1", sp, repeats=1 if args.quick else 3)
+    ratio = loader["tokens_per_s"] / step["tokens_per_s"]
+    print(f"[md] sp={sp} rank 0: loader {loader['tokens_per_s']:.3g} tokens/s, step "
+          f"{step['tokens_per_s']:.3g} tokens/s ({step['step_s']:.2f} s on {step['tokens']} tokens): ratio "
+          f"{ratio:.0f}", flush=True)
+    payload = {"benchmark": "md_throughput", "machine": harness.machine(), "topology": Path(topology).name,
+               "trajectory": Path(trajectory).name,
+               "repeat": len(trajectories), "preprocess": runs, "mpi_equals_serial": same,
+               "loader": loader, "step": step, "sp": sp, "loader_over_step": ratio}
+    out = args.out or (work if args.quick else harness.RESULTS)
+    print(harness.save("md_throughput", payload, out))
+    if not same:
+        raise SystemExit("the 2-rank store differs from the 1-rank store")
+
+
+if __name__ == "__main__":
+    main()
