@@ -37,6 +37,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one math thread (benchmarks/REA
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import envelope, harness  # noqa: E402
+from benchmarks.tables import markdown_table  # noqa: E402
 
 CONFIGS = harness.ROOT / "dist_hyena" / "configs"
 PAPER_NBODY = {"hyena": 0.0018, "attention": 0.0019, "linear": 0.0322, "egnn": 0.0071, "local": None}
@@ -404,79 +405,70 @@ def plot(payload: dict, path: Path) -> None:
             ax.set_ylabel("accuracy")
             ax.set_title("recall at long context (attention cannot run)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    harness.save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def _mean_std(r: dict, key: str, digits: int) -> str:
+    return f"{r[key + '_mean']:.{digits}f} ± {r[key + '_std']:.{digits}f}"
 
 
 def markdown(payload: dict) -> str:
     """The README's tables from the results."""
-    lines = []
+    parts = []
     if "ablation" in payload:
-        ab = payload["ablation"]
-        lines += [f"ablation: {ab['settings']['steps']} steps, lr {ab['settings']['lr']} {ab['settings']['schedule']}, "
-                  "batch 100", "", "| change (one at a time) | test MSE at best val (mean ± std) | seeds | "
-                  "last train loss | wall per run (s) |", "|---|---|---|---|---|"]
-        for r in ab["table"]:
-            lines.append(f"| {r['change']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {len(r['seeds'])} | "
-                         f"{r['train_loss_last']:.4f} | {r['wall_s_mean']:.0f} |")
-        lines.append("")
+        ab, st = payload["ablation"], payload["ablation"]["settings"]
+        parts += [f"ablation: {st['steps']} steps, lr {st['lr']} {st['schedule']}, batch 100", "", markdown_table(
+            ["change (one at a time)", "test MSE at best val (mean ± std)", "seeds", "last train loss",
+             "wall per run (s)"],
+            [[r["change"], _mean_std(r, "test_mse", 4), len(r["seeds"]), f"{r['train_loss_last']:.4f}",
+              f"{r['wall_s_mean']:.0f}"] for r in ab["table"]]), ""]
     if "nbody_runs" in payload:
-        lines += ["| model (launch/train.py runs) | test MSE at best val (mean ± std) | per seed | steps | "
-                  "best steps |",
-                  "|---|---|---|---|---|"]
-        for r in payload["nbody_runs"]["rows"]:
-            per = ", ".join(f"{x['test_mse']:.4f}" for x in r["runs"])
-            lines.append(f"| {r['label']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {per} | "
-                         f"{r['runs'][0]['steps']} | {', '.join(str(x['best_step']) for x in r['runs'])} |")
-        lines.append("")
+        parts += [markdown_table(
+            ["model (launch/train.py runs)", "test MSE at best val (mean ± std)", "per seed", "steps", "best steps"],
+            [[r["label"], _mean_std(r, "test_mse", 4), ", ".join(f"{x['test_mse']:.4f}" for x in r["runs"]),
+              r["runs"][0]["steps"], ", ".join(str(x["best_step"]) for x in r["runs"])]
+             for r in payload["nbody_runs"]["rows"]]), ""]
     for key in (k for k in payload if k.startswith("nbody") and k != "nbody_runs"):
         nb = payload[key]
-        lines += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "",
-                  f"| model | test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds) | steps | "
-                  "published | per-seed | wall per run (s) |", "|---|---|---|---|---|---|"]
+        rows = []
         for r in nb["table"]:
             rs = [x for x in nb["runs"] if x["mixer"] == r["mixer"]]
-            seeds = ", ".join(f"{x['test_mse']:.4f}" for x in rs)
-            lines.append(f"| {r['model']} | {r['test_mse_mean']:.4f} ± {r['test_mse_std']:.4f} | {rs[0]['steps']} | "
-                         f"{r['paper_mse'] or '—'} | {seeds} | {r['wall_s_mean']:.0f} |")
-        lines.append("")
+            rows.append([r["model"], _mean_std(r, "test_mse", 4), rs[0]["steps"], r["paper_mse"] or "—",
+                         ", ".join(f"{x['test_mse']:.4f}" for x in rs), f"{r['wall_s_mean']:.0f}"])
+        parts += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "", markdown_table(
+            ["model", f"test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds)", "steps",
+             "published", "per-seed", "wall per run (s)"], rows), ""]
     if "recall_runs" in payload:
-        lines += ["| model (launch/train.py runs) | length | vocabulary | positions | test accuracy (mean ± std) | "
-                  "per seed | test MSE | steps × batch | no-retrieval guess / mean MSE |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        rows = []
         for r in payload["recall_runs"]["rows"]:
-            per = ", ".join(f"{x['test_accuracy']:.3f}" for x in r["runs"])
-            ref = r["reference"]
-            lengths = r.get("train_lengths")
+            ref, lengths = r["reference"], r.get("train_lengths")
             length = f"{min(lengths)}–{max(lengths)}, tested at {r['n_tokens']}" if lengths else r["n_tokens"]
-            lines.append(f"| {r['label']} | {length} | {r['variant']} | {r['positions']} | "
-                         f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_std']:.3f} | {per} | "
-                         f"{r['test_mse_mean']:.3f} | {r['runs'][0]['steps']} × {r['runs'][0]['batch_size']} | "
-                         f"{ref['value_guess_accuracy']:.3f} / {ref['value_mean_mse']:.3f} |")
-        lines.append("")
+            rows.append([r["label"], length, r["variant"], r["positions"], _mean_std(r, "test_accuracy", 3),
+                         ", ".join(f"{x['test_accuracy']:.3f}" for x in r["runs"]), f"{r['test_mse_mean']:.3f}",
+                         f"{r['runs'][0]['steps']} × {r['runs'][0]['batch_size']}",
+                         f"{ref['value_guess_accuracy']:.3f} / {ref['value_mean_mse']:.3f}"])
+        parts += [markdown_table(
+            ["model (launch/train.py runs)", "length", "vocabulary", "positions", "test accuracy (mean ± std)",
+             "per seed", "test MSE", "steps × batch", "no-retrieval guess / mean MSE"], rows), ""]
     if "recall" in payload:
-        lines += ["| length | vocabulary | model | steps × batch | test accuracy | test MSE | best step | wall (s) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in payload["recall"]["runs"]:
-            lines.append(f"| {r['n_tokens']} | {r['variant']} | {LABELS[r['mixer']]} | {r['steps']} × "
-                         f"{r['batch_size']} | {r['test_accuracy']:.3f} | {r['test_mse']:.3f} | {r['best']['step']} | "
-                         f"{r['wall_s']:.0f} |")
-        for r in payload["recall"].get("references", []):
-            lines.append(f"| {r['n_tokens']} | {r['variant']} | no retrieval: guess a value of the sequence / predict "
-                         f"their mean | — | {r['value_guess_accuracy']:.3f} | {r['value_mean_mse']:.3f} | — | — |")
-        lines.append("")
+        rows = [[r["n_tokens"], r["variant"], LABELS[r["mixer"]], f"{r['steps']} × {r['batch_size']}",
+                 f"{r['test_accuracy']:.3f}", f"{r['test_mse']:.3f}", r["best"]["step"], f"{r['wall_s']:.0f}"]
+                for r in payload["recall"]["runs"]]
+        rows += [[r["n_tokens"], r["variant"], "no retrieval: guess a value of the sequence / predict their mean",
+                  "—", f"{r['value_guess_accuracy']:.3f}", f"{r['value_mean_mse']:.3f}", "—", "—"]
+                 for r in payload["recall"].get("references", [])]
+        parts += [markdown_table(["length", "vocabulary", "model", "steps × batch", "test accuracy", "test MSE",
+                                  "best step", "wall (s)"], rows), ""]
     if "long" in payload:
-        lines += ["| model | vocabulary | positions | trained at | evaluated at | sp | samples | accuracy | "
-                  "no-retrieval guess | 1/vocab | MSE | value-mean MSE | s / sample |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in payload["long"]["rows"]:
-            lines.append(f"| {r.get('model', '')} | {r['variant']} | {r.get('positions', 'index')} | "
-                         f"{r['trained_at']} | {r['n_tokens']} | "
-                         f"{r.get('sp', 1)} | {r['samples']} | "
-                         f"{r['accuracy']:.3f} | {r['value_guess_accuracy']:.3f} | {r['chance']:.2f} | "
-                         f"{r['mse']:.3f} | {r['value_mean_mse']:.3f} | {r['seconds_per_sample']} |")
-    return "\n".join(lines)
+        parts.append(markdown_table(
+            ["model", "vocabulary", "positions", "trained at", "evaluated at", "sp", "samples", "accuracy",
+             "no-retrieval guess", "1/vocab", "MSE", "value-mean MSE", "s / sample"],
+            [[r.get("model", ""), r["variant"], r.get("positions", "index"), r["trained_at"], r["n_tokens"],
+              r.get("sp", 1), r["samples"], f"{r['accuracy']:.3f}", f"{r['value_guess_accuracy']:.3f}",
+              f"{r['chance']:.2f}", f"{r['mse']:.3f}", f"{r['value_mean_mse']:.3f}", r["seconds_per_sample"]]
+             for r in payload["long"]["rows"]]))
+    return "\n".join(parts)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -148,7 +147,7 @@ def main() -> None:
     modes = ["circular", "causal"]
     if args.quick:
         args.sizes, args.repeats, modes = [256], 2, ["circular"]
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     rows = run(args.sizes, args.vector_channels, args.scalar_channels, modes, args.repeats)
     payload = {"benchmark": "fft_efficiency", "machine": harness.machine(), "rows": rows}
     harness.save("fft_efficiency", payload, args.out, required=("rows",), config=harness.settings(args))
@@ -186,8 +185,7 @@ def plot(payload: dict, path: Path) -> None:
     ax2.set(xscale="log", ylim=(0, None), xlabel="tokens N", ylabel="before time / after time",
             title="cross_conv: speed-up over the previous formulation")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 if __name__ == "__main__":

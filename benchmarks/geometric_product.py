@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -159,7 +158,7 @@ def main() -> None:
     widths = [(9, 16), (17, 128)]  # n-body operator input -> hidden; recall operator input -> hidden
     if args.quick:
         args.tokens, args.repeats, widths = 64, 1, [(3, 4)]
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     payload = {"benchmark": "geometric_product", "machine": harness.machine(),
                "rows": run(args.tokens, widths, args.repeats)}
     harness.save("geometric_product", payload, args.out, required=("rows",), config=harness.settings(args))

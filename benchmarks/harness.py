@@ -14,6 +14,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,6 +126,16 @@ def save(name: str, payload: dict, out_dir: Path = RESULTS, required: tuple[str,
     path = envelope.write(out_dir / f"{name}.json", enveloped, required)
     print(json.dumps(enveloped, indent=2))
     return path
+
+
+def results_dir(args: argparse.Namespace) -> Path:
+    """``--out``, else a fresh temporary folder for a ``--quick`` smoke run, else benchmarks/results."""
+    return args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else RESULTS)
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
 
 
 def settings(args: argparse.Namespace) -> dict:

@@ -181,7 +181,7 @@ def main() -> None:
     if args.quick:
         n, sp, batch_size, args.samples, args.step_tokens, args.pipeline_steps = 4096, 2, 2, 4, [512], 2
         args.models, args.generated_batches = [], 1
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     machine = harness.machine()
     with tempfile.TemporaryDirectory() as tmp:
         store, generation_s = make_store(Path(tmp) / "recall", n, args.samples, sp)

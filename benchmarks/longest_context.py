@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -106,7 +105,7 @@ def main() -> None:
         # (torch, gloo, glibc arenas) and touches little of it. With 2 GiB per rank a fresh-clone CI run saw both
         # sp = 2 points abort (SIGABRT) once, and never again in 7 reruns; the likely cause, so the headroom.
         args.sizes, args.cap_gib, args.variants = [512], args.cap_gib or 16.0, ["plain", "checkpointing+mlp_chunks"]
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     cap = int((args.cap_gib * harness.GIB) if args.cap_gib else min(20 * harness.GIB,
                                                                      harness.available_bytes() - 1.5 * harness.GIB))
     previous = args.out / "longest_context.json"
@@ -172,8 +171,7 @@ def plot(payload: dict, path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel="peak memory of a training step (GiB, all ranks)",
            title="n-body model, one full training step")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -101,7 +100,7 @@ def main() -> None:
     if args.quick:
         args.sizes, args.budget = [64], 0.0
         widths = dict(WIDTHS, hidden_width=8)
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     cap = int(min(args.cap_gib * harness.GIB, harness.available_bytes() - 1.5 * harness.GIB))
     runs, stopped = [], set()
     for n in args.sizes:  # N-major, so the mixers at one N run close together in time (the machine is shared)
@@ -148,8 +147,7 @@ def plot(payload: dict, path: Path) -> None:
     axes[0].set(xscale="log", yscale="log", xlabel="tokens N", ylabel="time (s)", title="one layer: time")
     axes[1].set(xscale="log", yscale="log", xlabel="tokens N", ylabel="peak memory (GiB)", title="one layer: memory")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -273,8 +273,7 @@ def plot(payload: dict, path: Path) -> None:
     chunk = payload["config"]["model"].get("mlp_token_chunk")
     fig.suptitle("One SE(3)-Hyena block, forward + backward, per rank vs sp"
                  + (f" (MLPs in chunks of {chunk} tokens)" if chunk else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    harness.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> None:
@@ -302,7 +301,7 @@ def main(argv=None) -> None:
     for key, value in (("weak_tokens_per_rank", args.weak), ("strong_tokens", args.strong), ("sp", args.sp)):
         if value:
             cfg[key] = value
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     harness.set_threads(cfg["threads_per_rank"])
     machine = harness.machine()
     runs = run(cfg)

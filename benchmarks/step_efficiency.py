@@ -162,8 +162,7 @@ def plot(summary: list[dict], path: Path) -> None:
         ax.legend()
     axes[0].set_yscale("log")
     fig.suptitle("training step (forward, backward, Adam), one thread")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -180,7 +179,7 @@ def main() -> None:
     workloads = WORKLOADS
     if args.quick:
         workloads, args.budget_s, args.rounds = QUICK, 0.2, 1
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     trees = {"this checkout": harness.ROOT}
     if args.against:
         trees[args.against] = _tree(args.against)

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def main() -> None:
     if args.quick:
         args.long_tokens, args.budget_s, args.rounds = 256, 0.3, 1
         policies = {k: POLICIES[k] for k in ("package default", "1 thread")}
-    args.out = args.out or (Path(tempfile.mkdtemp(prefix="bench-")) if args.quick else harness.RESULTS)
+    args.out = harness.results_dir(args)
     workloads = {"default run (100 x 5 tokens)": {"batch": 100, "tokens": 5, "token_chunk": None},
                  f"long sequence ({args.long_tokens} tokens)": {"batch": 1, "tokens": args.long_tokens,
                                                                  "token_chunk": 1024}}
@@ -141,8 +140,7 @@ def plot(summary: list[dict], path: Path) -> None:
         ax.set_xticks(list(pos), [s["policy"].replace(", ", ",\n") for s in rows], fontsize=7)
         ax.set(ylabel="training steps / s", title=workload)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 if __name__ == "__main__":
