@@ -413,61 +413,85 @@ def _mean_std(r: dict, key: str, digits: int) -> str:
     return f"{r[key + '_mean']:.{digits}f} ± {r[key + '_std']:.{digits}f}"
 
 
+def ablation_table(payload: dict) -> str:
+    return markdown_table(
+        ["change (one at a time)", "test MSE at best val (mean ± std)", "seeds", "last train loss", "wall per run (s)"],
+        [[r["change"], _mean_std(r, "test_mse", 4), len(r["seeds"]), f"{r['train_loss_last']:.4f}",
+          f"{r['wall_s_mean']:.0f}"] for r in payload["ablation"]["table"]])
+
+
+def nbody_runs_table(payload: dict) -> str:
+    return markdown_table(
+        ["model (launch/train.py runs)", "test MSE at best val (mean ± std)", "per seed", "steps", "best steps"],
+        [[r["label"], _mean_std(r, "test_mse", 4), ", ".join(f"{x['test_mse']:.4f}" for x in r["runs"]),
+          r["runs"][0]["steps"], ", ".join(str(x["best_step"]) for x in r["runs"])]
+         for r in payload["nbody_runs"]["rows"]])
+
+
+def nbody_table(payload: dict, key: str) -> str:
+    nb, rows = payload[key], []
+    for r in nb["table"]:
+        rs = [x for x in nb["runs"] if x["mixer"] == r["mixer"]]
+        rows.append([r["model"], _mean_std(r, "test_mse", 4), rs[0]["steps"], r["paper_mse"] or "—",
+                     ", ".join(f"{x['test_mse']:.4f}" for x in rs), f"{r['wall_s_mean']:.0f}"])
+    return markdown_table(["model", f"test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds)",
+                           "steps", "published", "per-seed", "wall per run (s)"], rows)
+
+
+def recall_runs_table(payload: dict) -> str:
+    rows = []
+    for r in payload["recall_runs"]["rows"]:
+        ref, lengths = r["reference"], r.get("train_lengths")
+        length = f"{min(lengths)}–{max(lengths)}, tested at {r['n_tokens']}" if lengths else r["n_tokens"]
+        rows.append([r["label"], length, r["variant"], r["positions"], _mean_std(r, "test_accuracy", 3),
+                     ", ".join(f"{x['test_accuracy']:.3f}" for x in r["runs"]), f"{r['test_mse_mean']:.3f}",
+                     f"{r['runs'][0]['steps']} × {r['runs'][0]['batch_size']}",
+                     f"{ref['value_guess_accuracy']:.3f} / {ref['value_mean_mse']:.3f}"])
+    return markdown_table(["model (launch/train.py runs)", "length", "vocabulary", "positions",
+                           "test accuracy (mean ± std)", "per seed", "test MSE", "steps × batch",
+                           "no-retrieval guess / mean MSE"], rows)
+
+
+def recall_table(payload: dict) -> str:
+    rows = [[r["n_tokens"], r["variant"], LABELS[r["mixer"]], f"{r['steps']} × {r['batch_size']}",
+             f"{r['test_accuracy']:.3f}", f"{r['test_mse']:.3f}", r["best"]["step"], f"{r['wall_s']:.0f}"]
+            for r in payload["recall"]["runs"]]
+    rows += [[r["n_tokens"], r["variant"], "no retrieval: guess a value of the sequence / predict their mean",
+              "—", f"{r['value_guess_accuracy']:.3f}", f"{r['value_mean_mse']:.3f}", "—", "—"]
+             for r in payload["recall"].get("references", [])]
+    return markdown_table(["length", "vocabulary", "model", "steps × batch", "test accuracy", "test MSE",
+                           "best step", "wall (s)"], rows)
+
+
+def long_table(payload: dict) -> str:
+    return markdown_table(
+        ["model", "vocabulary", "positions", "trained at", "evaluated at", "sp", "samples", "accuracy",
+         "no-retrieval guess", "1/vocab", "MSE", "value-mean MSE", "s / sample"],
+        [[r.get("model", ""), r["variant"], r.get("positions", "index"), r["trained_at"], r["n_tokens"],
+          r.get("sp", 1), r["samples"], f"{r['accuracy']:.3f}", f"{r['value_guess_accuracy']:.3f}",
+          f"{r['chance']:.2f}", f"{r['mse']:.3f}", f"{r['value_mean_mse']:.3f}", r["seconds_per_sample"]]
+         for r in payload["long"]["rows"]])
+
+
 def markdown(payload: dict) -> str:
-    """The README's tables from the results."""
+    """The README's tables from the results (benchmarks/tables.py renders each into its place)."""
     parts = []
     if "ablation" in payload:
-        ab, st = payload["ablation"], payload["ablation"]["settings"]
-        parts += [f"ablation: {st['steps']} steps, lr {st['lr']} {st['schedule']}, batch 100", "", markdown_table(
-            ["change (one at a time)", "test MSE at best val (mean ± std)", "seeds", "last train loss",
-             "wall per run (s)"],
-            [[r["change"], _mean_std(r, "test_mse", 4), len(r["seeds"]), f"{r['train_loss_last']:.4f}",
-              f"{r['wall_s_mean']:.0f}"] for r in ab["table"]]), ""]
+        st = payload["ablation"]["settings"]
+        parts += [f"ablation: {st['steps']} steps, lr {st['lr']} {st['schedule']}, batch 100", "",
+                  ablation_table(payload), ""]
     if "nbody_runs" in payload:
-        parts += [markdown_table(
-            ["model (launch/train.py runs)", "test MSE at best val (mean ± std)", "per seed", "steps", "best steps"],
-            [[r["label"], _mean_std(r, "test_mse", 4), ", ".join(f"{x['test_mse']:.4f}" for x in r["runs"]),
-              r["runs"][0]["steps"], ", ".join(str(x["best_step"]) for x in r["runs"])]
-             for r in payload["nbody_runs"]["rows"]]), ""]
+        parts += [nbody_runs_table(payload), ""]
     for key in (k for k in payload if k.startswith("nbody") and k != "nbody_runs"):
         nb = payload[key]
-        rows = []
-        for r in nb["table"]:
-            rs = [x for x in nb["runs"] if x["mixer"] == r["mixer"]]
-            rows.append([r["model"], _mean_std(r, "test_mse", 4), rs[0]["steps"], r["paper_mse"] or "—",
-                         ", ".join(f"{x['test_mse']:.4f}" for x in rs), f"{r['wall_s_mean']:.0f}"])
-        parts += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "", markdown_table(
-            ["model", f"test MSE at best val (mean ± std, {len(nb['settings']['seeds'])} seeds)", "steps",
-             "published", "per-seed", "wall per run (s)"], rows), ""]
+        parts += [f"`{key}`: lr {nb['settings']['lr']}, {nb['settings']['schedule']}, batch 100", "",
+                  nbody_table(payload, key), ""]
     if "recall_runs" in payload:
-        rows = []
-        for r in payload["recall_runs"]["rows"]:
-            ref, lengths = r["reference"], r.get("train_lengths")
-            length = f"{min(lengths)}–{max(lengths)}, tested at {r['n_tokens']}" if lengths else r["n_tokens"]
-            rows.append([r["label"], length, r["variant"], r["positions"], _mean_std(r, "test_accuracy", 3),
-                         ", ".join(f"{x['test_accuracy']:.3f}" for x in r["runs"]), f"{r['test_mse_mean']:.3f}",
-                         f"{r['runs'][0]['steps']} × {r['runs'][0]['batch_size']}",
-                         f"{ref['value_guess_accuracy']:.3f} / {ref['value_mean_mse']:.3f}"])
-        parts += [markdown_table(
-            ["model (launch/train.py runs)", "length", "vocabulary", "positions", "test accuracy (mean ± std)",
-             "per seed", "test MSE", "steps × batch", "no-retrieval guess / mean MSE"], rows), ""]
+        parts += [recall_runs_table(payload), ""]
     if "recall" in payload:
-        rows = [[r["n_tokens"], r["variant"], LABELS[r["mixer"]], f"{r['steps']} × {r['batch_size']}",
-                 f"{r['test_accuracy']:.3f}", f"{r['test_mse']:.3f}", r["best"]["step"], f"{r['wall_s']:.0f}"]
-                for r in payload["recall"]["runs"]]
-        rows += [[r["n_tokens"], r["variant"], "no retrieval: guess a value of the sequence / predict their mean",
-                  "—", f"{r['value_guess_accuracy']:.3f}", f"{r['value_mean_mse']:.3f}", "—", "—"]
-                 for r in payload["recall"].get("references", [])]
-        parts += [markdown_table(["length", "vocabulary", "model", "steps × batch", "test accuracy", "test MSE",
-                                  "best step", "wall (s)"], rows), ""]
+        parts += [recall_table(payload), ""]
     if "long" in payload:
-        parts.append(markdown_table(
-            ["model", "vocabulary", "positions", "trained at", "evaluated at", "sp", "samples", "accuracy",
-             "no-retrieval guess", "1/vocab", "MSE", "value-mean MSE", "s / sample"],
-            [[r.get("model", ""), r["variant"], r.get("positions", "index"), r["trained_at"], r["n_tokens"],
-              r.get("sp", 1), r["samples"], f"{r['accuracy']:.3f}", f"{r['value_guess_accuracy']:.3f}",
-              f"{r['chance']:.2f}", f"{r['mse']:.3f}", f"{r['value_mean_mse']:.3f}", r["seconds_per_sample"]]
-             for r in payload["long"]["rows"]]))
+        parts.append(long_table(payload))
     return "\n".join(parts)
 
 

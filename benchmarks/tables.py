@@ -36,9 +36,26 @@ def fft_efficiency(payload: dict) -> str:
                            "conv GFLOP/s"], rows)
 
 
+def _accuracy(section: str, *args) -> Callable[[dict], str]:
+    """A renderer of one of accuracy.py's tables (imported when used: accuracy.py imports this module)."""
+    def render(payload: dict) -> str:
+        from benchmarks import accuracy
+
+        return getattr(accuracy, f"{section}_table")(payload, *args)
+
+    return render
+
+
 # name -> (result file under benchmarks/results/, renderer of its envelope)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "fft_efficiency": ("fft_efficiency.json", fft_efficiency),
+    "accuracy.ablation": ("accuracy.json", _accuracy("ablation")),
+    "accuracy.nbody_runs": ("accuracy.json", _accuracy("nbody_runs")),
+    "accuracy.nbody": ("accuracy.json", _accuracy("nbody", "nbody")),
+    "accuracy.nbody_paper_budget": ("accuracy.json", _accuracy("nbody", "nbody_paper_budget")),
+    "accuracy.recall_runs": ("accuracy.json", _accuracy("recall_runs")),
+    "accuracy.recall": ("accuracy.json", _accuracy("recall")),
+    "accuracy.long": ("accuracy.json", _accuracy("long")),
 }
 
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(\n<!-- /table -->)", re.S)
