@@ -8,6 +8,8 @@ times, read as one: 10 frames each), in one process and under `mpiexec -n 2`; wa
 (interpreter start, opening the files, writing, finalising) and frames/s, atoms/s of the frames read (two per
 sample). Both runs write the same bytes (checked).
 
+    python benchmarks/md_throughput.py --collect runs/md_adk runs/md_adk_solvated   # training runs -> md_training.json
+
 Loader vs step, at sp = 2 (rank 0's token block of every sample): tokens/s the StreamingLoader delivers from the
 store made above, and tokens/s one training step (forward, MSE, backward, Adam) of `md_adk_solvated.yaml`'s
 model consumes on that block in one process: a rank's pointwise work without the all-to-alls, so the ratio
@@ -69,6 +71,26 @@ def step_rate(store: Path, sp: int, repeats: int) -> dict:
     return {"tokens": n, "step_s": harness.median(times), "tokens_per_s": n / harness.median(times)}
 
 
+def collect(run_dirs: list[Path], out: Path) -> Path:
+    """launch/train.py runs of the MD configs -> ``md_training.json``: per run its config's model and budget and
+    the metrics at best validation (model and references); the runs' metrics.jsonl and loss_curve.png are copied
+    beside it (``<out>/<run name>/``)."""
+    import json
+    import shutil
+
+    runs = []
+    for run_dir in run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+        runs.append({"run": run_dir.name, "data": config["data"]["path"], "sp": config["parallel"]["sp"],
+                     "steps": summary["steps"], "batch_size": config["train"]["batch_size"],
+                     "zero_update": config["model"].get("zero_update", False), "best": summary["best"]})
+        (out / run_dir.name).mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "loss_curve.png"):
+            shutil.copy(run_dir / name, out / run_dir.name / name)
+    return harness.save("md_training", {"benchmark": "md_training", "runs": runs}, out)
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -78,7 +100,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=4, help="times the 10-frame trajectory is read (default 4)")
     ap.add_argument("--quick", action="store_true", help="the 3,341-atom protein, one repeat, results in a temp dir")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    ap.add_argument("--collect", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                    help="only collect these launch/train.py run folders into md_training.json")
     args = ap.parse_args()
+    if args.collect:
+        print(collect(args.collect, args.out or harness.RESULTS))
+        return
     harness.set_threads(1)
     import MDAnalysisTests.datafiles as files
 
