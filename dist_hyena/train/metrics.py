@@ -88,17 +88,20 @@ def plot_loss_curve(jsonl: str | Path, out: str | Path) -> Path:
         ax.plot(*zip(*train, strict=True), label="train loss (MSE)")
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation MSE")
+    off_scale = []  # a reference far above the model (x + Δt v over a long Δt) would flatten the curves
     for key, label in (("val_static_mse", "validation: static x_t"),
                        ("val_constant_velocity_mse", "validation: x_t + Δt v_t")):
         ref = [(r["step"], r[key]) for r in records if key in r]
-        if ref:
+        if ref and val and min(v for _, v in ref) > 10 * max(v for _, v in val):
+            off_scale.append(f"{label.split(': ')[1]} = {ref[-1][1]:.3g} (off scale)")
+        elif ref:
             ax.plot(*zip(*ref, strict=True), "--", label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean squared error")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    ax.set_title(Path(jsonl).parent.name)
+    ax.set_title("\n".join([Path(jsonl).parent.name, *off_scale]), fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
