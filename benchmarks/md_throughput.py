@@ -91,6 +91,34 @@ def collect(run_dirs: list[Path], out: Path) -> Path:
     return harness.save("md_training", {"benchmark": "md_training", "runs": runs}, out)
 
 
+def _vs(model: float, reference: float) -> str:
+    return f"{model:.4g} ({100 * (model - reference) / reference:+.2f}%)"
+
+
+def training_table(payload: dict) -> str:
+    """The MD runs: next-frame MSE at best validation beside the references (README, benchmarks/tables.py)."""
+    from benchmarks.tables import markdown_table
+
+    rows = []
+    for r in payload["runs"]:
+        b = r["best"]
+        rows.append([r["run"], r["sp"], f"{r['steps']} × {r['batch_size']}", "yes" if r["zero_update"] else "no",
+                     _vs(b["val_mse"], b["val_static_mse"]), f"{b['val_static_mse']:.4g}",
+                     _vs(b["test_mse"], b["test_static_mse"]), f"{b['test_static_mse']:.4g}",
+                     f"{b['test_constant_velocity_mse']:.3g}" if "test_constant_velocity_mse" in b else "—"])
+    return markdown_table(["run", "sp", "steps × batch", "zero_update", "model: val (vs static)", "static: val",
+                           "model: test (vs static)", "static: test", "x_t + Δt v_t: test"], rows)
+
+
+def throughput_table(payload: dict) -> str:
+    from benchmarks.tables import markdown_table
+
+    return markdown_table(["MPI ranks", "samples (frames read)", "wall s (whole command)", "frames/s", "atoms/s"],
+                          [[r["ranks"], f"{r['samples']} ({2 * r['samples']})", f"{r['seconds']:.1f}",
+                            f"{r['frames_per_s']:.1f}", f"{r['atoms_per_s']:.3g}"]
+                           for r in payload["runs"] if r["section"] == "preprocess"])
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -46,6 +46,15 @@ def _accuracy(section: str, *args) -> Callable[[dict], str]:
     return render
 
 
+def _md(table: str) -> Callable[[dict], str]:
+    def render(payload: dict) -> str:
+        from benchmarks import md_throughput
+
+        return getattr(md_throughput, f"{table}_table")(payload)
+
+    return render
+
+
 # name -> (result file under benchmarks/results/, renderer of its envelope)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "fft_efficiency": ("fft_efficiency.json", fft_efficiency),
@@ -56,6 +65,8 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "accuracy.recall_runs": ("accuracy.json", _accuracy("recall_runs")),
     "accuracy.recall": ("accuracy.json", _accuracy("recall")),
     "accuracy.long": ("accuracy.json", _accuracy("long")),
+    "md_training": ("md_training.json", _md("training")),
+    "md_throughput": ("md_throughput.json", _md("throughput")),
 }
 
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(\n<!-- /table -->)", re.S)
