@@ -342,7 +342,9 @@ class MDTask:
         pairs = pairs[(pairs >= 0).all(axis=1) & (pairs[:, 0] != pairs[:, 1])]
         self._levels, self._root = bond_tree(self.molecules.n_atoms, pairs)
         self._selected = local[self.atoms.indices]
-        self._molecule_of = self._root[self._selected]
+        # each selected atom's molecule, numbered 0.. (for the per-molecule centres of _follow)
+        _, self._molecule_of = np.unique(self._root[self._selected], return_inverse=True)
+        self._molecule_sizes = np.bincount(self._molecule_of)[:, None]
 
     def _whole(self, x: np.ndarray, box: np.ndarray) -> np.ndarray:
         cell = _cell(box)
@@ -355,10 +357,9 @@ class MDTask:
     def _follow(self, x0: np.ndarray, x1: np.ndarray, box: np.ndarray) -> np.ndarray:
         """x1 with each molecule moved by the lattice vector that brings its centre (mean of its selected
         atoms) nearest to where it was in x0: the minimum image, in any box shape."""
-        mol, inverse = np.unique(self._molecule_of, return_inverse=True)
-        count = np.bincount(inverse, minlength=len(mol))[:, None]
-        moved = np.stack([np.bincount(inverse, x1[:, k] - x0[:, k], len(mol)) for k in range(3)], axis=1) / count
-        return x1 + _to_nearest_image(moved, _cell(box))[inverse]
+        mol, n = self._molecule_of, len(self._molecule_sizes)
+        moved = np.stack([np.bincount(mol, x1[:, k] - x0[:, k], n) for k in range(3)], axis=1) / self._molecule_sizes
+        return x1 + _to_nearest_image(moved, _cell(box))[mol]
 
     def _file_of(self, frame: int) -> str:
         trajs = self.params.trajectories
