@@ -463,14 +463,17 @@ def recall_table(payload: dict) -> str:
                            "best step", "wall (s)"], rows)
 
 
-def long_table(payload: dict) -> str:
-    return markdown_table(
-        ["model", "vocabulary", "positions", "trained at", "evaluated at", "sp", "samples", "accuracy",
-         "no-retrieval guess", "1/vocab", "MSE", "value-mean MSE", "s / sample"],
-        [[r.get("model", ""), r["variant"], r.get("positions", "index"), r["trained_at"], r["n_tokens"],
-          r.get("sp", 1), r["samples"], f"{r['accuracy']:.3f}", f"{r['value_guess_accuracy']:.3f}",
-          f"{r['chance']:.2f}", f"{r['mse']:.3f}", f"{r['value_mean_mse']:.3f}", r["seconds_per_sample"]]
-         for r in payload["long"]["rows"]])
+def long_table(payload: dict, first: bool = False) -> str:
+    """Every long-context evaluation; ``first``: only the first protocol's (the rows with no model name, section 6),
+    without the model, positions and sp columns."""
+    cells = [{"model": r.get("model", ""), "vocabulary": r["variant"], "positions": r.get("positions", "index"),
+              "trained at": r["trained_at"], "evaluated at": r["n_tokens"], "sp": r.get("sp", 1),
+              "samples": r["samples"], "accuracy": f"{r['accuracy']:.3f}",
+              "no-retrieval guess": f"{r['value_guess_accuracy']:.3f}", "1/vocab": f"{r['chance']:.2f}",
+              "MSE": f"{r['mse']:.3f}", "value-mean MSE": f"{r['value_mean_mse']:.3f}",
+              "s / sample": r["seconds_per_sample"]} for r in payload["long"]["rows"] if not (first and "model" in r)]
+    header = [k for k in cells[0] if not (first and k in ("model", "positions", "sp"))]
+    return markdown_table(header, [[c[k] for k in header] for c in cells])
 
 
 def markdown(payload: dict) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import markdown_table  # noqa: E402
 
 
 def cross_conv_before(q, k, mode: str = "circular"):
@@ -152,6 +153,28 @@ def main() -> None:
     payload = {"benchmark": "fft_efficiency", "machine": harness.machine(), "rows": rows}
     harness.save("fft_efficiency", payload, args.out, required=("rows",), config=harness.settings(args))
     plot(payload, args.out / "fft_efficiency.png")
+
+
+def runs_table(payload: dict) -> str:
+    """Every measured op: its time, the bare FFTs' time, the efficiency and the rate."""
+    rows = [[r["op"], r["mode"], r["n"], r["fft_length"], f"{r['conv_s'] * 1e3:.2f}", f"{r['bare_fft_s'] * 1e3:.2f}",
+             f"{r['efficiency']:.2f}", f"{r['conv_gflops']:.2f}"] for r in payload["runs"]]
+    return markdown_table(["op", "mode", "N", "FFT length", "conv (ms)", "bare FFTs (ms)", "efficiency",
+                           "conv GFLOP/s"], rows)
+
+
+def before_after_table(payload: dict) -> str:
+    """``cross_conv`` against ``cross_conv_before`` at every size: forward, efficiency and forward + backward."""
+    rows, before = [], {(r["mode"], r["n"]): r for r in payload["runs"] if r["op"] == "cross_conv_before"}
+    for r in (r for r in payload["runs"] if r["op"] == "cross_conv"):
+        b = before[r["mode"], r["n"]]
+        rows.append([r["mode"], r["n"], f"{b['conv_s'] * 1e3:.2f}", f"{r['conv_s'] * 1e3:.2f}",
+                     f"{r['bare_fft_s'] * 1e3:.2f}", f"{b['efficiency']:.2f} → {r['efficiency']:.2f}",
+                     f"{r['speedup_vs_before']:.2f}×",
+                     f"{r['before_forward_backward_s'] * 1e3:.1f} / {r['forward_backward_s'] * 1e3:.1f}",
+                     f"{r['speedup_forward_backward_vs_before']:.2f}×"])
+    return markdown_table(["mode", "N", "before (ms)", "after (ms)", "bare FFTs (ms)", "efficiency before → after",
+                           "forward speed-up", "fwd+bwd before / after (ms)", "fwd+bwd speed-up"], rows)
 
 
 def plot(payload: dict, path: Path) -> None:

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import markdown_table  # noqa: E402
 
 
 def _sparse_tables():
@@ -144,6 +145,23 @@ def run(tokens: int, widths: list[tuple[int, int]], repeats: int) -> list[dict]:
         rows.append(row)
         print(row, file=sys.stderr)
     return rows
+
+
+IMPLEMENTATIONS = ("gather", "sparse_fused", "after")
+
+
+def rows_table(payload: dict) -> str:
+    """The three implementations side by side: forward, forward + backward, bytes kept for backward."""
+    def each(r: dict, key: str, fmt: str) -> str:
+        return " / ".join(format(r[f"{impl}_{key}"], fmt) for impl in IMPLEMENTATIONS)
+
+    rows = [[f"{r['in_channels']}→{r['out_channels']}", r["tokens"], each(r, "forward_s", ".3g"),
+             each(r, "forward_backward_s", ".3g"), f"{r['speedup_forward_s_vs_sparse_fused']:.1f}×, "
+             f"{r['speedup_forward_backward_s_vs_sparse_fused']:.1f}×", each(r, "saved_bytes_per_token", ".0f")]
+            for r in payload["rows"]]
+    return markdown_table(["channels in→out", "tokens", "fwd: gather / sparse fused / now (s)",
+                           "fwd+bwd: gather / sparse fused / now (s)", "speed-up vs sparse fused (fwd, fwd+bwd)",
+                           "kept for backward (B/token): gather / sparse fused / now"], rows)
 
 
 def main() -> None:

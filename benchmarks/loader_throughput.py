@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import grouped, markdown_table  # noqa: E402
 
 CONFIGS = harness.ROOT / "dist_hyena" / "configs"
 
@@ -148,6 +149,32 @@ def pipelined(config: Path, store: Path, sp: int, steps: int) -> dict:
     return {"steps": steps, "tokens_per_step": batch["x"].shape[1], "first_wait_s": waits[0],
             "wait_s_after_first": steady, "step_s": step_times,
             "wait_fraction_after_first": sum(steady) / (sum(steady) + sum(step_times[1:] or step_times))}
+
+
+def delivery_table(payload: dict) -> str:
+    """What the loader hands one rank, and how many times what each measured step consumes that is."""
+    lc, steps = payload["long_context"], payload["step_consumption_per_rank"]
+    labels = {"store_thread": "store (zarr, chunked at the SP block), background thread (the trainer's default)",
+              "store_workers": "store, {num_workers} DataLoader worker processes",
+              "generated_thread": f"`GeneratedRecall` ({Path(lc['config']).stem}'s own source: every rank makes the "
+                                  "whole sequence), thread"}
+    rows = [[labels[key].format(**d), f"{d['tokens_per_s'] / 1e6:.2f} M", f"{d['MB_per_s']:.0f}",
+             *(f"{grouped(d['tokens_per_s'] / s['tokens_per_s'])}×" for s in steps)]
+            for key, d in payload["delivery_per_rank"].items()]
+    any_rank = next(iter(payload["delivery_per_rank"].values()))
+    return markdown_table([f"loader (SP rank {any_rank['sp_rank']} of {lc['sp']}, batch {lc['batch_size']} × "
+                           f"{grouped(lc['tokens_per_rank'])} tokens)", "tokens/s per rank", "MB/s",
+                           *(f"vs `{Path(s['config']).stem}` step" for s in steps)], rows)
+
+
+def steps_table(payload: dict) -> str:
+    """The measured training steps: each config's model, its step time and tokens per second."""
+    keys = ("vector_width", "scalar_width", "hidden_width", "gate_width")
+    rows = [[f"{s['head']} (`{s['config']}`)", f"{s['blocks']}, ({', '.join(str(s['widths'][k]) for k in keys)})"
+             + ", checkpointing" * s["activation_checkpointing"], s["tokens"], f"{s['step_s']:.2f}",
+             f"{s['tokens_per_s']:.0f}"] for s in payload["step_consumption_per_rank"]]
+    return markdown_table(["model (config)", "blocks, widths (Cv, D, hidden, gate)", "tokens", "step (s)",
+                           "tokens/s per rank"], rows)
 
 
 def main() -> None:

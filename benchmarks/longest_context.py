@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import grouped, markdown_table, percent  # noqa: E402
 
 PAPER_FORWARD_TOKENS = 3_500_000  # one layer, forward only, 24 GB A10G (docs/design.md §2)
 # name -> (activation checkpointing per block, token-chunked MLPs, local context window; docs/design.md §2.4)
@@ -152,6 +153,59 @@ def report(runs: list[dict], cap: int, out: Path, config: dict) -> None:
     harness.save("longest_context", payload, out, required=("cap_gib", "paper_forward_tokens", "summary"),
                  config=config)
     plot(payload, out / "longest_context.png")
+
+
+def runs_table(payload: dict) -> str:
+    """Every fitting point by variant, sp and N, with the slope of the peak between consecutive sizes."""
+    rows, ok = [], sorted((r for r in payload["runs"] if r["fits"]),
+                          key=lambda r: (list(VARIANTS).index(r["variant"]), r["sp"], r["n"]))
+    for prev, r in zip([None, *ok], ok, strict=False):
+        same = prev is not None and (prev["variant"], prev["sp"]) == (r["variant"], r["sp"])
+        marginal = grouped((r["peak_bytes"] - prev["peak_bytes"]) / (r["n"] - prev["n"]), ",") if same else ""
+        rows.append([r["variant"], r["sp"], grouped(r["n"], ","), f"{r['step_s']:.0f}",
+                     grouped(r["peak_bytes"] / 2**20, ","), grouped(r["bytes_per_token"], ","), marginal])
+    return markdown_table(["variant", "sp", "N", "step (s)", "peak, all ranks (MiB)", "bytes/token",
+                           "marginal bytes/token"], rows)
+
+
+def _point(payload: dict, variant: str, n: int) -> dict:
+    return next(r for r in payload["runs"] if (r["variant"], r["n"]) == (variant, n) and r["fits"])
+
+
+def local_cost_table(mmap: dict, chunked: dict, before_1m: dict, now_1m: dict, now_1m_sp2: dict) -> str:
+    """Without and with the local context (w = 4), before and after the chunked recompute; step times only of
+    the 1M-token pairs (run side by side or one after the other on a quiet machine)."""
+    rows = []
+    for code, without, with_, n, times in (
+            ("before (checkpointed slices)", mmap, mmap, 65536, False), ("before", mmap, mmap, 131072, False),
+            ("before", before_1m, before_1m, 2**20, True), ("now (`nn/chunked.py`)", mmap, chunked, 65536, False),
+            ("now", mmap, chunked, 131072, False), ("now", now_1m, now_1m, 2**20, True),
+            ("now", now_1m_sp2, now_1m_sp2, 2**20, True)):
+        a, b = _point(without, "mlp_chunks", n), _point(with_, "mlp_chunks+local4", n)
+        bold = (lambda x: f"**{x}**") if code.startswith("now") and times else str
+        extra = b["bytes_per_token"] - a["bytes_per_token"]
+        extra = f"{extra:+.0f} B/token ({percent(b['bytes_per_token'], a['bytes_per_token'])})"
+        rows.append([code, bold(grouped(n)), bold(a["sp"]), grouped(a["bytes_per_token"]),
+                     grouped(b["bytes_per_token"]), bold(extra),
+                     *([grouped(a["step_s"]), grouped(b["step_s"]), bold(percent(b["step_s"], a["step_s"]))]
+                       if times else ["—"] * 3)])
+    return markdown_table(["code", "N", "sp", "without: B/token", "with w = 4: B/token", "extra memory",
+                           "without: step s", "with: step s", "extra time"], rows)
+
+
+def before_after_table(before_1: dict, before_2: dict, after_1: dict, after_2: dict) -> str:
+    """Each variant's step in both rounds before and after, and its lower peak per token of the two rounds."""
+    rows = []
+    for r in after_1["runs"]:
+        v, chunk = r["variant"], r["token_chunk"]
+        before = [_point(p, v, r["n"]) for p in (before_1, before_2)]
+        after = [_point(p, v, r["n"]) for p in (after_1, after_2)]
+        rows.append([v.replace("+mlp_chunks", " + MLP chunks") + (f" ({chunk})" if chunk else ""),
+                     ", ".join(f"{x['step_s']:.1f}" for x in before), ", ".join(f"{x['step_s']:.1f}" for x in after),
+                     f"{grouped(min(x['bytes_per_token'] for x in before))} → "
+                     f"{grouped(min(x['bytes_per_token'] for x in after))}"])
+    return markdown_table(["variant", "step before (s), 2 rounds", "step after (s), 2 rounds",
+                           "peak before → after (B/token, the lower round)"], rows)
 
 
 def plot(payload: dict, path: Path) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import grouped, markdown_table, mib  # noqa: E402
 
 MIXERS = ("hyena", "attention", "sdpa")
 PAPER = {"tokens": 20_000, "speedup": 3.5, "memory_ratio": 18.0}  # A10G, forward, one layer (docs/design.md §2)
@@ -125,6 +126,41 @@ def main() -> None:
     harness.save("operator_vs_attention", payload, args.out, config=harness.settings(args),
                  required=("widths", "paper", "ratios_at_paper_n", "ratios_at_largest_common_n"))
     plot(payload, args.out / "operator_vs_attention.png")
+
+
+def runs_table(payload: dict) -> str:
+    """Every point: time and peak memory of the forward and of the forward + backward."""
+    def cells(r: dict, key: str) -> list[str]:
+        return [f"{r[key + '_s']:.2f}", mib(r[key + "_peak_bytes"])] if key + "_s" in r else ["does not fit"] * 2
+
+    return markdown_table(["N", "mixer", "forward (s)", "forward peak (MiB)", "fwd+bwd (s)", "fwd+bwd peak (MiB)"],
+                          [[r["n"], r["mixer"], *cells(r, "forward"), *cells(r, "forward_backward")]
+                           for r in payload["runs"]])
+
+
+def ratios_table(payload: dict) -> str:
+    """The baselines over SE(3)-Hyena at the paper's N."""
+    ratios = payload["ratios_at_paper_n"]
+    at = {r["mixer"]: r for r in payload["runs"] if r["n"] == ratios["n"]}
+
+    def ratio(other: str, key: str, bold: bool = False) -> str:
+        x = ratios[f"{other}/hyena {key}"]
+        return f"**{x:.2g}×**" if bold else f"{x:.2f}×"
+
+    gib, hyena_mib = at["attention"]["forward_peak_bytes"] / harness.GIB, mib(at["hyena"]["forward_peak_bytes"])
+    memory = f"{ratio('attention', 'forward_peak_bytes', True)} ({gib:.1f} GiB vs {hyena_mib} MiB)"
+    if "attention/hyena forward_backward_s" in ratios:
+        attention_fb = (f"{ratio('attention', 'forward_backward_s')} time, "
+                        f"{ratio('attention', 'forward_backward_peak_bytes')} memory")
+    else:
+        attention_fb = f"attention does not fit ({at['attention'].get('error', 'timed out')})"
+    return markdown_table(
+        [f"at N = {grouped(ratios['n'])} (this CPU)", "vector attention / SE(3)-Hyena",
+         "SDPA distance attention / SE(3)-Hyena"],
+        [["forward time", ratio("attention", "forward_s", True), ratio("sdpa", "forward_s")],
+         ["forward peak memory", memory, ratio("sdpa", "forward_peak_bytes")],
+         ["forward + backward", attention_fb,
+          f"{ratio('sdpa', 'forward_backward_s')} time, {ratio('sdpa', 'forward_backward_peak_bytes')} memory"]])
 
 
 def plot(payload: dict, path: Path) -> None:

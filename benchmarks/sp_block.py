@@ -34,6 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import grouped, markdown_table  # noqa: E402
 from dist_hyena.runtime import free_port  # noqa: E402
 
 CONFIG = harness.ROOT / "configs" / "benchmarks" / "sp_block.yaml"
@@ -228,6 +229,46 @@ def summarise(runs: list[dict]) -> dict:
                              "memory_per_rank_vs_sp1": r["memory_mib_max_rank"] / base["memory_mib_max_rank"]})
             out[f"{sweep}_{int(size)}"] = rows
     return out
+
+
+_COLUMNS = ["N", "sp", "tokens / rank", "strategy", "CPU s / rank (max)", "wall s (step)", "memory MiB / rank (max)"]
+
+
+def _cells(r: dict) -> list:
+    return [grouped(r["n_tokens"]), r["sp"], grouped(r["tokens_per_rank"]), r["strategy"] or "one process",
+            f"{max(r['cpu_time_s_per_rank']):.2f}", f"{r['time_s']:.1f}" + " (oversubscribed)" * r["oversubscribed"],
+            f"{r['memory_mib_max_rank']:.0f}"]
+
+
+def _bytes(r: dict) -> str:
+    return f"{r['bytes_per_token_per_layer']:.0f} ({r['theory_bytes_per_token_per_layer']:.0f})"
+
+
+def sweep_table(payload: dict, sweep: str) -> str:
+    """One sweep's points, with the all-to-all bytes per token and layer (ledger and theory)."""
+    return markdown_table(_COLUMNS + ["bytes / token / layer: measured (theory)"],
+                          [_cells(r) + [_bytes(r) if r["sp"] > 1 else "—"]
+                           for r in payload["runs"] if r["sweep"] == sweep and r["fits"]])
+
+
+def sweeps_table(payload: dict) -> str:
+    """The weak and strong sweeps' points in one table, without the bytes."""
+    return markdown_table(["sweep"] + _COLUMNS, [[r["sweep"], *_cells(r)] for r in payload["runs"]
+                                                 if r["sweep"] in ("weak", "strong") and r["fits"]])
+
+
+def traffic_table(payload: dict) -> str:
+    """The traffic sweep: bytes per token and layer for each mode and strategy, and against ``channels``."""
+    at = {(r["conv_mode"], r["strategy"], r["sp"]): r for r in payload["runs"] if r["sweep"] == "traffic"}
+
+    def volume(mode: str, strategy: str) -> float:
+        return at[mode, strategy, 2]["bytes_per_token_per_layer"]
+
+    rows = [[mode, f"`{strategy}`", *(_bytes(at[mode, strategy, sp]) for sp in (2, 4)),
+             f"{volume(mode, strategy) / volume(mode, 'channels'):g}×"]
+            for mode, strategy in dict.fromkeys(key[:2] for key in at)]
+    return markdown_table(["mode", "strategy", "sp = 2: measured (theory)", "sp = 4: measured (theory)",
+                           "vs `channels`"], rows)
 
 
 def plot(payload: dict, path: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import grouped, markdown_table  # noqa: E402
 
 # name -> (HyenaConfig keys, batch, tokens): the workloads of benchmarks/README.md, "Make it fast"
 WORKLOADS = {
@@ -139,6 +140,22 @@ def summarise(runs: list[dict]) -> list[dict]:
             if r["workload"] == workload:
                 r["speedup_vs_this_checkout"] = base["this checkout"] / r["step_s"]
     return rows
+
+
+def summary_table(payload: dict) -> str:
+    """Each workload's step on the other tree and on this checkout, the speed-up and the share of the matmul rate."""
+    other = next(t for t in payload["trees"] if t != "this checkout")
+    rows = []
+    for workload in dict.fromkeys(r["workload"] for r in payload["summary"]):
+        old, new = (next(r for r in payload["summary"] if (r["workload"], r["tree"]) == (workload, tree))
+                    for tree in (other, "this checkout"))
+        chunk = next(r for r in payload["runs"] if r["workload"] == workload)["config"].get("mlp_token_chunk")
+        rows.append([workload.replace(" x ", " × ") + (f" (MLP chunks {grouped(chunk)})" if chunk else ""),
+                     f"{old['step_s']:.3f} → {new['step_s']:.3f}", f"**{old['step_s'] / new['step_s']:.2f}×**",
+                     f"{new['useful_flop_per_token'] / 1e6:.2f} M",
+                     f"{100 * old['fraction_of_matmul']:.1f} → {100 * new['fraction_of_matmul']:.1f}"])
+    return markdown_table(["workload", f"step {other} → now (s)", "speed-up", "useful FLOP/token",
+                           f"% of the same-run matmul rate, {other} → now"], rows)
 
 
 def plot(summary: list[dict], path: Path) -> None:

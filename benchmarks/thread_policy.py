@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import harness  # noqa: E402
+from benchmarks.tables import markdown_table  # noqa: E402
 
 # name -> what a point's environment sets of POLICY_KEYS (the rest unset: the package's defaults apply)
 POLICIES = {
@@ -121,6 +122,14 @@ def report(runs: list[dict], out: Path, config: dict) -> None:
     payload = {"benchmark": "thread_policy", "machine": harness.machine(), "runs": runs, "summary": summary}
     harness.save("thread_policy", payload, out, required=("summary",), config=config)
     plot(summary, out / "thread_policy.png")
+
+
+def summary_table(payload: dict) -> str:
+    """Steps per second of every workload and policy, alone and beside a busy process (docs/threads.md)."""
+    return markdown_table(["workload", "policy", "threads", "alone (steps/s)", "beside one busy process", "slowdown"],
+                          [[r["workload"], r["policy"], r["threads"], f"{r['alone_steps_per_s']:.2f}",
+                            f"{r['beside_busy_steps_per_s']:.2f}", f"{r['slowdown_beside_busy']:.2f}×"]
+                           for r in payload["summary"]])
 
 
 def plot(summary: list[dict], path: Path) -> None:

@@ -29,7 +29,13 @@ def test_envelope_checks_and_upgrades():
     assert sectioned["runs"] == [{"section": "a", "n": 2}, {"section": "b", "n": 3}]
 
 
-def test_readme_tables_are_generated_from_the_results():
-    text = tables.README.read_text()
+@pytest.mark.parametrize("doc", tables.DOCUMENTS, ids=lambda p: p.name)
+def test_document_tables_are_generated_from_the_results(doc):
+    text = doc.read_text()
     assert "<!-- table: " in text
     assert tables.render(text) == text, "run python -m benchmarks.tables"
+
+
+def test_every_registered_table_is_in_a_document():
+    text = "".join(doc.read_text() for doc in tables.DOCUMENTS)
+    assert [name for name in tables.TABLES if f"<!-- table: {name} -->" not in text] == []
