@@ -14,6 +14,9 @@ MIXERS = ("hyena", "attention", "sdpa", "none")
 BASELINES = ("linear", "egnn")
 SP_STRATEGIES = STRATEGIES  # the sequence-parallel convolution's own list
 RECALL_READOUTS = ("mean", "query")
+# A field with this metadata is an execution setting: it changes how, not what, the model computes (the same
+# parameters, outputs equal within round-off), so a checkpoint does not fix it. Every other field is architecture.
+EXECUTION = {"execution": True}
 
 
 @dataclass
@@ -37,6 +40,8 @@ class HyenaConfig:
     ``layer_norm``: the Clifford MLPs' layer norm (the paper's; off is an ablation). ``gate_invariant``: what
     the gated nonlinearities read of each non-scalar grade, its ``norm`` (ours) or its ``squared_norm`` (the
     reference implementation's; an ablation).
+    Execution settings (``sp_strategy``, ``activation_checkpointing``, ``mlp_token_chunk``; ``EXECUTION_KEYS``)
+    change how, not what, is computed; a checkpoint fixes only the rest, the architecture (``architecture()``).
     ``mlp_token_chunk``: when set, every
     MLP runs that many tokens at a time and keeps only its compact input for backward, recomputing itself
     chunk by chunk there (``VectorScalarMLP``); it also token-chunks the local context.
@@ -64,7 +69,7 @@ class HyenaConfig:
     mixer: str = "hyena"
     baseline: str | None = None
     conv_mode: str = "circular"
-    sp_strategy: str = "auto"
+    sp_strategy: str = field(default="auto", metadata=EXECUTION)
     n_blocks: int = 2
     vector_in: int = 2
     scalar_in: int = 1
@@ -76,8 +81,8 @@ class HyenaConfig:
     vector_out: int = 1
     scalar_out: int = 1
     position_channels: tuple[int, ...] = field(default=(0,))
-    activation_checkpointing: bool = False
-    mlp_token_chunk: int | None = None
+    activation_checkpointing: bool = field(default=False, metadata=EXECUTION)
+    mlp_token_chunk: int | None = field(default=None, metadata=EXECUTION)
     linear_path: bool = False
     layer_norm: bool = True
     gate_invariant: str = "norm"
@@ -126,3 +131,25 @@ class HyenaConfig:
         d = dataclasses.asdict(self)
         d["position_channels"] = list(self.position_channels)
         return d
+
+    def architecture(self) -> dict:
+        """What a checkpoint and an exported model fix: every field but the execution settings."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+
+    def execution(self) -> dict:
+        """How the model is computed (sequence-parallel strategy, activation checkpointing, token chunks): free to
+        change between the jobs of a run and when loading an exported model."""
+        return {k: v for k, v in self.to_dict().items() if k in EXECUTION_KEYS}
+
+
+EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(HyenaConfig) if f.metadata.get("execution"))
+
+
+def architecture_difference(saved: dict, current: HyenaConfig) -> dict:
+    """{key: (saved, current)} for the architecture keys where a saved model config (any older ``to_dict()``, whose
+    missing keys mean their defaults, and whose execution keys are ignored) differs from ``current``."""
+    if saved.get("mixer") in BASELINES and saved.get("baseline") is None:  # spelled as a mixer before baselines
+        saved = {**saved, "mixer": "hyena", "baseline": saved["mixer"]}
+    defaults = HyenaConfig().to_dict()
+    mine = current.architecture()
+    return {k: (saved.get(k, defaults[k]), mine[k]) for k in mine if saved.get(k, defaults[k]) != mine[k]}

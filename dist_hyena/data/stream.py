@@ -1,13 +1,14 @@
 """Streaming batches to DP x SP ranks (docs/design.md §4.4).
 
-Each epoch has a seeded permutation of the split's samples; DP rank r takes the r-th
-contiguous share of it, so DP ranks see disjoint samples. All SP ranks of a group take
-the same samples and each reads only its contiguous token block (split like
-torch.tensor_split). Batch k of an epoch is a pure function of (seed, epoch, k, ranks),
-which makes resuming exact: the loader's state is (epoch, position = batches consumed).
-Reads run ahead in a background thread (num_workers = 0) or in DataLoader worker
-processes, worker w making batches k with (k - start) % num_workers == w, which the
-DataLoader hands out round-robin — in the original order.
+Each epoch has a seeded permutation of the split's samples, cut into global batches of
+batch_size x dp_size; DP rank r takes the r-th slice of each, so DP ranks see disjoint
+samples. All SP ranks of a group take the same samples and each reads only its contiguous
+token block (split like torch.tensor_split). The loader's state is layout-independent:
+(epoch, samples = global samples consumed in the epoch, seed), so a run resumed at another
+dp (or sp) continues from the same global position and sees the samples an uninterrupted
+run would. Reads run ahead in a background thread (num_workers = 0) or in DataLoader worker
+processes, worker w making batches k with k % num_workers == w, which the DataLoader hands
+out round-robin — in the original order.
 """
 
 from __future__ import annotations
@@ -34,27 +35,33 @@ def epoch_batches(
     dp_rank: int,
     dp_size: int,
     drop_last: bool,
+    start: int = 0,
 ) -> list[np.ndarray]:
-    """Sample ids of each batch of `dp_rank` in `epoch`. drop_last: every DP rank gets
-    n // dp_size samples and only full batches; otherwise the permutation is padded by
-    wrapping around (like DistributedSampler) so ranks stay in step, last batch partial."""
+    """Sample ids of each batch of `dp_rank` in `epoch`, from sample `start` of the epoch's order on.
+
+    Global batch k is ``order[start + kG : start + (k + 1)G]`` with G = batch_size x dp_size, and DP rank r takes
+    its r-th slice of `batch_size`: the samples a step sees do not depend on how the global batch is split, so a run
+    resumed at another dp continues with the very samples an uninterrupted run would see. drop_last: only full
+    global batches; otherwise the order is padded by wrapping around (like DistributedSampler) to a multiple of
+    dp_size, so ranks stay in step, and the last global batch is shorter (each rank an equal slice of it)."""
     if not 0 <= dp_rank < dp_size:
         raise ValueError(f"dp_rank must be in [0, {dp_size}), got {dp_rank}")
     order = np.random.default_rng([seed, epoch]).permutation(n_samples) if shuffle else np.arange(n_samples)
+    rest, per_step = order[start:], batch_size * dp_size
     if drop_last:
-        per_rank = n_samples // dp_size
-        mine = order[dp_rank * per_rank : (dp_rank + 1) * per_rank]
-        n_batches = per_rank // batch_size
+        rest = rest[: len(rest) // per_step * per_step]
     else:
-        per_rank = -(-n_samples // dp_size)
-        padded = np.resize(order, per_rank * dp_size)  # np.resize repeats from the start
-        mine = padded[dp_rank * per_rank : (dp_rank + 1) * per_rank]
-        n_batches = -(-per_rank // batch_size)
-    return [mine[k * batch_size : (k + 1) * batch_size] for k in range(n_batches)]
+        rest = np.resize(rest, -(-len(rest) // dp_size) * dp_size)  # np.resize repeats from the start
+    batches = []
+    for k in range(0, len(rest), per_step):
+        chunk = rest[k : k + per_step]
+        share = len(chunk) // dp_size
+        batches.append(chunk[dp_rank * share : (dp_rank + 1) * share])
+    return batches
 
 
 class StreamingDataset(IterableDataset):
-    """Batches of one epoch from batch `start` on, as dicts of tensors; splits the batches
+    """Batches of one epoch from global sample `start` on, as dicts of tensors; splits the batches
     among DataLoader workers (use the DataLoader with batch_size=None)."""
 
     def __init__(
@@ -103,6 +110,7 @@ class StreamingDataset(IterableDataset):
             self.dp_rank,
             self.dp_size,
             self.drop_last,
+            self.start,
         )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -110,7 +118,7 @@ class StreamingDataset(IterableDataset):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         for k, ids in enumerate(self.batches()):
-            if k < self.start or (k - self.start) % n_workers != worker:
+            if k % n_workers != worker:
                 continue
             t0, t1 = token_block(reader.batch_tokens(ids), self.sp_rank, self.sp_size)
             arrays = reader.read(ids, t0, t1)
@@ -127,7 +135,10 @@ class StreamingLoader:
 
     `path` is a store directory or a GeneratedRecall. An epoch that runs to the end moves
     the loader to the next epoch; set_epoch(e) starts epoch e from its first batch;
-    load_state_dict(state) makes the next iteration continue exactly where `state` was taken.
+    load_state_dict(state) makes the next iteration continue exactly where `state` was taken, also when
+    `state` comes from a loader of another dp_size (the same global batch size continues the same global
+    batches; another one cuts the epoch's order at the same sample, and the epoch's last partial global batch
+    is dropped at the new size).
     With num_workers = 0, `reader.chunk_reads` counts the chunks decoded.
     """
 
@@ -153,12 +164,16 @@ class StreamingLoader:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.dp_rank, self.dp_size, self.sp_rank, self.sp_size = dp_rank, dp_size, sp_rank, sp_size
         self.num_workers, self.prefetch = num_workers, prefetch
-        self.epoch, self.position = 0, 0
+        self.epoch, self.samples = 0, 0  # samples: global samples of the epoch consumed (by all DP ranks)
         probe = self._dataset(0)
         self.reader = probe.open()  # fails early and clearly on a bad store; counts reads with num_workers=0
         self.meta = dict(self.reader.meta)
         token_block(self.meta["n_tokens"], sp_rank, sp_size)  # validates the SP coordinates
         self._n_batches = len(probe.batches())
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.dp_size
 
     def _dataset(self, start: int) -> StreamingDataset:
         return StreamingDataset(
@@ -181,30 +196,28 @@ class StreamingLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` from its first batch (after load_state_dict, just iterate)."""
-        self.epoch, self.position = epoch, 0
+        self.epoch, self.samples = epoch, 0
 
     def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "split": self.split,
-            "dp_rank": self.dp_rank,
-            "dp_size": self.dp_size,
-            "batch_size": self.batch_size,
-        }
+        """Layout-independent: no rank, no per-rank batch size."""
+        return {"epoch": self.epoch, "samples": self.samples, "seed": self.seed, "split": self.split,
+                "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "dp_size", "batch_size", "split"):
+        for key in ("seed", "split"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(
                     f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}; "
                     "resuming would not give the same batches"
                 )
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if "samples" in state:
+            samples = int(state["samples"])
+        else:  # saved before format 2: batches consumed per rank, each rank a contiguous share of the epoch
+            samples = int(state["position"]) * int(state["batch_size"]) * int(state["dp_size"])
+        self.epoch, self.samples = int(state["epoch"]), samples
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        dataset = self._dataset(self.position)
+        dataset = self._dataset(self.samples)
         if self.num_workers > 0:
             batches = iter(
                 DataLoader(
@@ -215,9 +228,9 @@ class StreamingLoader:
             dataset.reader = self.reader
             batches = _prefetched(iter(dataset), self.prefetch)
         for batch in batches:
-            self.position += 1
+            self.samples += self.global_batch
             yield batch
-        self.epoch, self.position = self.epoch + 1, 0
+        self.epoch, self.samples = self.epoch + 1, 0
 
 
 def _prefetched(items: Iterator, depth: int) -> Iterator:

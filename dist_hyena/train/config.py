@@ -94,6 +94,7 @@ class CheckpointSection:
 @dataclass
 class LogSection:
     every: int  # optimizer steps between logged metrics
+    sample_ids: bool  # also write samples.jsonl: every step's global sample ids (an audit of the data order)
 
 
 @dataclass

@@ -89,10 +89,17 @@ def micro_batch_size(cfg: TrainConfig, dp: int) -> int:
     return cfg.train.batch_size // per_step
 
 
-def build_engine(cfg: TrainConfig, model_cfg, mesh: Mesh):
-    """-> (DeepSpeed engine, MeshMPU). Collective: every rank calls it."""
+def zero_stage(cfg: TrainConfig, mesh: Mesh) -> int:
+    return deepspeed_config(cfg.train.deepspeed, 1, 1, mesh.sp).get("zero_optimization", {}).get("stage", 0)
+
+
+def build_engine(cfg: TrainConfig, model_cfg, mesh: Mesh, load_universal: bool = False):
+    """-> (DeepSpeed engine, MeshMPU). Collective: every rank calls it. `load_universal`: the engine loads
+    DeepSpeed universal checkpoints (a checkpoint resharded for this layout, `dist_hyena.train.checkpoint`)."""
     mpu = MeshMPU(mesh.dp_group, mesh.sp_group)
     ds = deepspeed_config(cfg.train.deepspeed, micro_batch_size(cfg, mesh.dp), cfg.train.grad_accum, mesh.sp)
+    if load_universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     torch.manual_seed(cfg.run.seed)  # the same initial parameters on every rank and every run
     zero = ds.get("zero_optimization", {})
     if zero.get("stage", 0) == 3:

@@ -6,6 +6,8 @@ record), `tokens_per_s`, `mem_gb`;
 validation records carry `step` and `val_mse` (recall also `val_accuracy`; with `eval.test`, a new best
 validation also carries the test split's `test_mse` / `test_accuracy`); a step skipped for a non-finite loss
 (`train.nonfinite: skip`) carries `skipped_nonfinite: 1`.
+With `log.sample_ids`, `samples.jsonl` holds one object per step: `step` and `sample_ids`, the global sample ids
+of each of its micro-batches (data-parallel ranks' shares in rank order): which samples a step trained on.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, main: bool, total_steps: int, start_step: int = 0):
         self.main = main
-        self.jsonl = run_dir / "metrics.jsonl"
+        self.jsonl, self.samples_jsonl = run_dir / "metrics.jsonl", run_dir / "samples.jsonl"
         if not main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_metrics(self.jsonl) if r["step"] <= start_step]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        for path in (self.jsonl, self.samples_jsonl):
+            if path.exists() or path is self.jsonl:
+                kept = [r for r in read_metrics(path) if r["step"] <= start_step]
+                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
@@ -65,6 +69,11 @@ class MetricsLogger:
             self.writer.add_scalar(key, value, step)
         shown = {k: f"{v:.4g}" for k, v in values.items() if k != "lr"}
         self.bar.set_postfix(shown, refresh=True)
+
+    def samples(self, step: int, sample_ids: list[list[int]]) -> None:
+        if self.main:
+            with self.samples_jsonl.open("a") as fh:
+                fh.write(json.dumps({"step": step, "sample_ids": sample_ids}) + "\n")
 
     def close(self) -> None:
         if self.main:

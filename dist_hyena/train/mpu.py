@@ -72,3 +72,8 @@ class MeshMPU:
 
     def get_model_parallel_world_size(self):
         return 1
+
+    # the same under the name DeepSpeed's universal-checkpoint loading asks for
+    get_tensor_model_parallel_group = get_model_parallel_group
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size

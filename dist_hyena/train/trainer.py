@@ -36,6 +36,7 @@ from dist_hyena.train.engine import (
     build_engine,
     forward_batch,
     micro_batch_size,
+    zero_stage,
 )
 from dist_hyena.train.export import export_checkpoint
 from dist_hyena.train.guards import (
@@ -87,7 +88,7 @@ def evaluate(engine, loader: StreamingLoader, task, mesh: Mesh, max_batches: int
     constant-velocity references of a next-frame task on the same batches, recall's accuracy)."""
     engine.eval()
     # Every validation reads the split from its start, also after one cut short by max_batches.
-    loader.load_state_dict({**loader.state_dict(), "epoch": 0, "position": 0})
+    loader.load_state_dict({**loader.state_dict(), "epoch": 0, "samples": 0})
     sums: dict[str, float] = {}
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -124,6 +125,7 @@ class Run:
     val_loader: StreamingLoader
     test_loader: StreamingLoader | None
     log: MetricsLogger
+    layout: dict  # dp, sp, world, zero_stage: recorded with every checkpoint
     start: int  # the step a resumed run continues after (0: from scratch)
     end: int  # the last step of this job (train.stop_at, else train.steps)
     best: dict = field(default_factory=dict)  # the best validation: step, val_* and (eval.test) test_* there
@@ -179,12 +181,15 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         raise ConfigError(f"data.augment = permute shuffles the particles of n-body samples on one rank; this run is "
                           f"a {task.name!r} task at parallel.sp = {mesh.sp}")
     model_cfg = _model_config(cfg, meta)
-    engine, _ = build_engine(cfg, model_cfg, mesh)
+    layout = {"dp": mesh.dp, "sp": mesh.sp, "world": world, "zero_stage": zero_stage(cfg, mesh)}
+    tags = checkpoint.complete_tags(run_dir / "checkpoints") if resume else []
+    # The checkpoint is read before the engine is built: resharding it needs an engine that loads universally.
+    found = checkpoint.plan(run_dir / "checkpoints", tags[-1], layout, model_cfg) if tags else None
+    engine, _ = build_engine(cfg, model_cfg, mesh, load_universal=bool(found and found.universal))
 
     start, best = 0, {}
-    tags = checkpoint.complete_tags(run_dir / "checkpoints") if resume else []
-    if tags:
-        state = checkpoint.load(engine, run_dir / "checkpoints", tags[-1], model_cfg.to_dict())
+    if found:
+        state = checkpoint.load(engine, found, cfg.run.seed)
         train_loader.load_state_dict(state["loader"])
         best = state.get("best", {})
         start = state["step"]
@@ -193,10 +198,10 @@ def setup(cfg: TrainConfig, resume: bool) -> Run:
         # The model section as built (input widths filled in from the dataset), for export.
         (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "model": model_cfg.to_dict()}, indent=2))
         print(f"[dist_hyena] run {cfg.run.name}: world {world} = dp {mesh.dp} x sp {mesh.sp}, {task.name} "
-              f"{n_tokens} tokens/sample, " + (f"resumed from {tags[-1]}" if tags else "from scratch"), flush=True)
+              f"{n_tokens} tokens/sample, " + (found.message() if found else "from scratch"), flush=True)
     log = MetricsLogger(run_dir, main, cfg.train.steps, start)
     return Run(cfg, main, mesh, engine, model_cfg, task, n_tokens, run_dir, train_loader, val_loader, test_loader,
-               log, start, end, best)
+               log, layout, start, end, best)
 
 
 class _Batches:
@@ -240,7 +245,18 @@ def train_step(run: Run, batches: _Batches, step: int) -> tuple[float | None, in
         step_loss += value / cfg.train.grad_accum
     if any_rank(not parameters_finite(engine), engine.device):
         raise NonFiniteError(nonfinite_parameters_message(step, torch.cat(ids)))
+    if cfg.log.sample_ids:
+        run.log.samples(step, _global_ids(run.mesh, ids))
     return step_loss, tokens
+
+
+def _global_ids(mesh: Mesh, ids: list[torch.Tensor]) -> list[list[int]]:
+    """This step's global sample ids per micro-batch, the data-parallel ranks' shares in rank order (collective)."""
+    shares = [[i.tolist() for i in ids]]
+    if mesh.dp > 1:
+        shares = [None] * mesh.dp
+        dist.all_gather_object(shares, [i.tolist() for i in ids], group=mesh.dp_group)
+    return [sum((share[m] for share in shares), []) for m in range(len(ids))]
 
 
 class _LogWindow:
@@ -274,8 +290,8 @@ def evaluation_hook(run: Run, step: int) -> None:
 
 
 def checkpoint_hook(run: Run, step: int) -> None:
-    state = {"step": step, "loader": run.train_loader.state_dict(), "model": run.model_cfg.to_dict(),
-             "best": run.best}
+    state = {"step": step, "loader": run.train_loader.state_dict(), "model": run.model_cfg.architecture(),
+             "best": run.best, "layout": run.layout}
     checkpoint.save(run.engine, run.ckpt_root, step, state, run.cfg.checkpoint.keep)
 
 

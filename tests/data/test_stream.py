@@ -181,7 +181,7 @@ def test_resume_mid_epoch_gives_the_same_batches(manybody_store, num_workers):
         if len(got) == 2:
             break
     state = first.state_dict()
-    assert state["epoch"] == 0 and state["position"] == 2 and state["seed"] == 4
+    assert state["epoch"] == 0 and state["samples"] == 2 * 3 * 2 and state["seed"] == 4
     resumed = make()
     resumed.load_state_dict(state)
     got += _epoch(resumed) + _epoch(resumed)
@@ -189,6 +189,33 @@ def test_resume_mid_epoch_gives_the_same_batches(manybody_store, num_workers):
     assert resumed.state_dict()["epoch"] == 2
     first.set_epoch(0)  # a broken-off epoch starts over from its first batch
     _same_batches(_epoch(first), want[: len(first)])
+
+
+def _global_steps(loaders, epochs: int = 2) -> list[list[int]]:
+    """Each step's global sample ids: the dp ranks' batches of that step, in rank order."""
+    per_rank = [[b["index"].tolist() for e in range(epochs) for b in _epoch(loader)] for loader in loaders]
+    return [sum(step, []) for step in zip(*per_rank, strict=True)]
+
+
+def test_state_is_layout_independent(manybody_store):
+    """dp 2 x batch 3 and dp 1 x batch 6 train on the same global batches, and a state taken at one layout
+    continues the same global sequence at the other, in both directions and across the epoch boundary."""
+
+    def loaders(dp: int):
+        return [StreamingLoader(manybody_store, "train", 6 // dp, dp_rank=r, dp_size=dp, seed=5) for r in range(dp)]
+
+    want = _global_steps(loaders(1))
+    assert want == _global_steps(loaders(2)) and len(want) == 2 * (20 // 6)
+    first = loaders(2)
+    for loader in first:
+        next(iter(loader))  # one step at dp 2
+    state = first[0].state_dict()
+    assert state == first[1].state_dict() and state["samples"] == 6 and "dp_rank" not in state
+    for dp in (1, 2):
+        resumed = loaders(dp)
+        for loader in resumed:
+            loader.load_state_dict(state)
+        assert [want[0]] + _global_steps(resumed) == want
 
 
 def test_missing_store_names_path_and_command(tmp_path):
