@@ -20,9 +20,10 @@ from . import algebra
 
 EPS = 1e-6
 
-# Elements (rows x channels) of one blade per chunk: the product's [64, rows, C] temporaries (1 MiB in float32) stay
-# in cache; fewer rows per chunk pay more per-op overhead (measured: 2^12 best of 2^10-2^14 on the recall widths).
-CHUNK_ELEMENTS = 1 << 12
+# Elements (rows x channels) of one blade per chunk: the product's [64, rows, C] temporaries (2 MiB in float32) stay
+# in cache; fewer rows per chunk pay more per-op overhead (2^13 measured best of 2^11-2^14 at the recall widths,
+# 1.1-1.9x between them).
+CHUNK_ELEMENTS = 1 << 13
 
 
 def chunk_rows(rows: int, channels: int, elements: int | None = None) -> int:
