@@ -14,9 +14,9 @@ import math
 import torch
 from torch import nn
 
-from . import algebra
+from . import algebra, fused
 
-_EPS = 1e-6
+_EPS = fused.EPS
 
 
 def _grade_onehot() -> torch.Tensor:
@@ -60,65 +60,17 @@ class CliffordLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.register_buffer("grades", algebra.grade_index(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """``scale`` multiplies the output at no cost (it scales the weights, not the output)."""
         rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        weight = self.weight if scale == 1.0 else self.weight * scale
         if self.bias is None:
-            y = torch.bmm(rows, self.weight[self.grades])
+            y = torch.bmm(rows, weight[self.grades])
         else:  # the bias on blade 0 through baddbmm: adding it in place would copy the whole gradient in backward
-            bias = torch.cat([self.bias[None], self.bias.new_zeros(algebra.N_BLADES - 1, self.bias.shape[0])])
-            y = torch.baddbmm(bias[:, None], rows, self.weight[self.grades])
+            bias = self.bias if scale == 1.0 else self.bias * scale
+            bias = torch.cat([bias[None], bias.new_zeros(algebra.N_BLADES - 1, bias.shape[0])])
+            y = torch.baddbmm(bias[:, None], rows, weight[self.grades])
         return y.view(*x.shape[:-1], y.shape[-1])
-
-
-# Elements (rows x channels) of one blade per chunk of the product: a chunk's [8, rows, C] temporaries (1 MiB in
-# float32) stay in cache, and they do not grow with the input. Measured best of 2^12-2^17 (2-3x between them).
-_CHUNK_ELEMENTS = 1 << 15
-
-
-def _chunks(rows: int, channels: int):
-    step = max(1, _CHUNK_ELEMENTS // channels)
-    for s in range(0, rows, step):
-        yield slice(s, min(rows, s + step))
-
-
-class _SparseProduct(torch.autograd.Function):
-    """y[k] = sum_i a[i] * b[j(k, i)] * c[k, i] on blade-major ``[8, rows, C]`` operands, ``c [8, 8, C]``: the
-    weighted geometric product of each channel, its 64 non-zero terms only (blade_i blade_j(k, i) = ±blade_k;
-    the signs and the path weights are in c). Chunk by chunk over the rows; keeps only a, b and c for backward
-    (autograd would keep every term)."""
-
-    @staticmethod
-    def forward(ctx, a, b, c):
-        ctx.save_for_backward(a, b, c)
-        terms = algebra.product_terms()
-        out = torch.empty_like(a)
-        for rows in _chunks(a.shape[1], a.shape[2]):
-            ar, br = a[:, rows], b[:, rows]
-            for k in range(algebra.N_BLADES):
-                ac = ar * c[k, :, None]  # [i, r, C]: a_i c_ki
-                acc = torch.mul(ac[0], br[terms[k][0][0]], out=out[k, rows])
-                for i in range(1, algebra.N_BLADES):
-                    acc.addcmul_(ac[i], br[terms[k][i][0]])
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, b, c = ctx.saved_tensors
-        terms = algebra.product_terms()
-        need_a, need_b, need_c = ctx.needs_input_grad
-        grad_a, grad_b = torch.zeros_like(a), torch.zeros_like(b)
-        grad_c = torch.zeros_like(c) if need_c else None
-        for rows in _chunks(a.shape[1], a.shape[2]):
-            ar, br, gr, ga, gb = a[:, rows], b[:, rows], grad[:, rows], grad_a[:, rows], grad_b[:, rows]
-            for k in range(algebra.N_BLADES):
-                right = [j for j, _ in terms[k]]
-                gc = gr[k] * c[k, :, None]  # [i, r, C]: g_k c_ki
-                for i, j in enumerate(right):
-                    ga[i].addcmul_(gc[i], br[j])
-                    gb[j].addcmul_(gc[i], ar[i])
-                if need_c:
-                    grad_c[k] += (ar * gr[k] * br[right]).sum(1)
-        return grad_a if need_a else None, grad_b if need_b else None, grad_c
 
 
 def _terms() -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,18 +101,21 @@ class GeometricProduct(nn.Module):
         self.register_buffer("grade_onehot", _grade_onehot(), persistent=False)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        # Per grade: x / (s (|x_g| - 1) + 1), s = sigmoid(learned) in (0, 1), so the divisor stays > 0.
+        """The right operand's normalisation alone (forward fuses it into the product; kept as the reference).
+        Per grade: x / (s (|x_g| - 1) + 1), s = sigmoid(learned) in (0, 1), so the divisor stays > 0."""
         norms = _grade_norms(x, self.grade_onehot)
         s = _per_grade(torch.sigmoid(self.norm_gate), norms)
         return x * _per_blade(1 / (s * (norms - 1) + 1), self.grade_onehot)  # a product: cheaper backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.left(x)  # [8, ..., o]
-        b = self._normalise(self.right(x))
-        coef = self.sign.to(x.dtype)[..., None] * self.path_weight[self.path]  # [k, i, o]
+        # (skip + GP(a, normalise(b))) / sqrt(2): the 1/sqrt(2) rides on the skip's weights and the product's term
+        # weights; the normalisation, the product and the sum are one fused pass (fused.NormalisedProduct).
+        half = 1 / math.sqrt(2)
+        a, b, skip = self.left(x), self.right(x), self.skip(x, scale=half)  # [8, ..., o]
+        coef = self.sign.to(x.dtype)[..., None] * (self.path_weight * half)[self.path]  # [k, i, o]
         flat = (a.shape[0], -1, a.shape[-1])
-        product = _SparseProduct.apply(a.reshape(flat), b.reshape(flat), coef).view_as(a)
-        return (self.skip(x) + product) / math.sqrt(2)
+        return fused.NormalisedProduct.apply(a.reshape(flat), b.reshape(flat), coef, torch.sigmoid(self.norm_gate),
+                                             skip.reshape(flat)).view_as(a)
 
 
 GATE_INVARIANTS = ("norm", "squared_norm")
@@ -180,11 +135,9 @@ class GatedNonlinearity(nn.Module):
         self.shift = nn.Parameter(torch.zeros(algebra.N_GRADES, channels))
         self.register_buffer("grade_onehot", _grade_onehot(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norms = (_grade_squared_norms if self.squared else _grade_norms)(x, self.grade_onehot)
-        inv = torch.cat([x[algebra.SCALAR, None], norms[1:]])  # the scalar itself, not its norm
-        gate = torch.sigmoid(_per_grade(self.scale, inv) * inv + _per_grade(self.shift, inv))
-        return x * _per_blade(gate, self.grade_onehot)
+    def forward(self, x: torch.Tensor, norm: CliffordLayerNorm | None = None) -> torch.Tensor:
+        """``norm``: a layer norm to apply after the gate, in the same fused pass (fused.GateNorm)."""
+        return _gate_norm(x, self.scale, self.shift, None if norm is None else norm.scale, self.squared)
 
 
 class CliffordLayerNorm(nn.Module):
@@ -195,8 +148,11 @@ class CliffordLayerNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = torch.sqrt(x.square().sum(dim=0) + _EPS**2).mean(dim=-1, keepdim=True)  # [..., 1]
-        return x * (self.scale / (norm + _EPS))
+        return _gate_norm(x, None, None, self.scale, False)
+
+
+def _gate_norm(x: torch.Tensor, scale, shift, ln_scale, squared: bool) -> torch.Tensor:
+    return fused.GateNorm.apply(x.reshape(x.shape[0], -1, x.shape[-1]), scale, shift, ln_scale, squared).view(x.shape)
 
 
 class CliffordMLP(nn.Module):
@@ -220,5 +176,11 @@ class CliffordMLP(nn.Module):
         self.skip = CliffordLinear(in_channels, out_channels, bias=False) if linear_path else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
+        y, layers = x, list(self.net)
+        while layers:
+            layer = layers.pop(0)
+            if isinstance(layer, GatedNonlinearity) and layers and isinstance(layers[0], CliffordLayerNorm):
+                y = layer(y, layers.pop(0))  # gate and layer norm in one pass
+            else:
+                y = layer(y)
         return y if self.skip is None else y + self.skip(x)

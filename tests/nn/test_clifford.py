@@ -83,9 +83,9 @@ def test_geometric_product_matches_the_cayley_sum_and_its_gradients(monkeypatch)
     """The sparse chunked product equals sum_ij a_i b_j C_ijk w(o, path(i, j, k)) by the dense Cayley table,
     values and gradients, also when the rows do not divide into chunks; the paths it never reaches have no
     weight at all."""
-    from dist_hyena.nn import clifford
+    from dist_hyena.nn import fused
 
-    monkeypatch.setattr(clifford, "_CHUNK_ELEMENTS", 12)  # 3 rows x 4 channels per chunk; 10 rows below
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 12)  # 3 rows x 4 channels per chunk; 10 rows below
     torch.manual_seed(0)
     layer = GeometricProduct(3, 4).double()
     assert layer.path_weight.shape == (20, 4)
@@ -101,8 +101,49 @@ def test_geometric_product_matches_the_cayley_sum_and_its_gradients(monkeypatch)
         expected = torch.einsum("i...o,j...o,ijko->k...o", layer.left(x), layer._normalise(layer.right(x)), dense)
     assert torch.allclose(product, expected, atol=1e-12)
     coef = (layer.sign.double()[..., None] * layer.path_weight[layer.path]).detach().requires_grad_()
-    a, b = torch.randn(2, 8, 10, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(clifford._SparseProduct.apply, (a, b, coef))
+    a, b, skip = torch.randn(3, 8, 10, 4, dtype=torch.float64, requires_grad=True)
+    s = torch.rand(4, 4, dtype=torch.float64, requires_grad=True)  # the normalisation's sigmoid(norm_gate)
+    assert torch.autograd.gradcheck(fused.NormalisedProduct.apply, (a, b, coef, s, skip))
+
+
+@pytest.mark.parametrize("invariant", ["norm", "squared_norm"])
+@pytest.mark.parametrize("parts", ["gate", "norm", "gate+norm"])
+def test_fused_gate_and_layer_norm_match_autograd_and_gradcheck(monkeypatch, invariant, parts):
+    """fused.GateNorm (gate, layer norm, or both in one pass) equals the textbook formulas with autograd, values and
+    gradients, also when the rows do not divide into chunks; and passes gradcheck."""
+    from dist_hyena.nn import fused
+
+    monkeypatch.setattr(fused, "GATE_CHUNK_ELEMENTS", 12)  # 2 rows x 5 channels per chunk; 11 rows below
+    torch.manual_seed(0)
+    squared = invariant == "squared_norm"
+    scale, shift = (1 + 0.3 * torch.randn(2, 4, 5, dtype=torch.float64)).requires_grad_()
+    ln_scale = (1 + 0.3 * torch.randn(5, dtype=torch.float64)).requires_grad_()
+    h = torch.randn(8, 11, 5, dtype=torch.float64, requires_grad=True)
+    g = algebra.grade_index()
+
+    def reference(h, scale, shift, ln_scale):
+        if scale is not None:
+            sq = torch.stack([h[g == k].square().sum(0) for k in range(4)])
+            inv = torch.cat([h[:1], sq[1:] if squared else torch.sqrt(sq[1:] + 1e-12)])
+            h = h * torch.sigmoid(scale[:, None] * inv + shift[:, None])[g]
+        if ln_scale is not None:
+            h = h * ln_scale / (torch.sqrt(h.square().sum(0) + 1e-12).mean(-1, keepdim=True) + 1e-6)
+        return h
+
+    args = {"gate": (h, scale, shift, None), "norm": (h, None, None, ln_scale),
+            "gate+norm": (h, scale, shift, ln_scale)}[parts]
+    inputs = [t for t in args if t is not None]
+    grad = torch.randn_like(h)
+    got, expected = fused.GateNorm.apply(*args, squared), reference(*args)
+    assert torch.allclose(got, expected, atol=1e-12, rtol=0)
+    for u, v in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(expected, inputs, grad), strict=True):
+        assert torch.allclose(u, v, atol=1e-12, rtol=0)
+
+    def fn(*ts):
+        it = iter(ts)
+        return fused.GateNorm.apply(*(None if t is None else next(it) for t in args), squared)
+
+    assert torch.autograd.gradcheck(fn, inputs)
 
 
 def _reference_mlp(mlp: CliffordMLP, x: torch.Tensor) -> torch.Tensor:
