@@ -131,7 +131,9 @@ def read_state(path: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: the checkpoint is incomplete") from None
     except Exception as e:  # an UnpicklingError names the global that weights_only refused
-        raise CheckpointError(f"{path}: not a dist_hyena trainer state ({type(e).__name__}: {e})") from None
+        why = str(e).split("WeightsUnpickler error:")[-1].strip().split("\n\n")[0].split(". Please use")[0]
+        raise CheckpointError(f"{path}: not a dist_hyena trainer state, refused without running it "
+                              f"(torch.load(weights_only=True): {why})") from None
     version = state.get("format", 1)
     if version not in (1, FORMAT):
         raise CheckpointError(f"{path}: checkpoint format {version!r}, but this dist_hyena reads formats 1 to "
@@ -203,11 +205,17 @@ def plan(root: Path, tag: str, layout: dict, model_cfg: HyenaConfig) -> Resume:
     stages = (saved_layout.get("zero_stage"), layout["zero_stage"])
     if stages == (0, 0):
         return resume
-    if 0 in stages:
+    families = [_stage_family(stage) for stage in stages]
+    if families[0] != families[1] and None not in stages:
         raise CheckpointError(f"checkpoint {directory} was saved at {describe(saved_layout)}; this run is "
-                              f"{describe(layout)}: DeepSpeed's universal checkpoint reshards ZeRO stages 1-3 "
-                              "into each other, not ZeRO-0 (unpartitioned) state: resume with the saved "
-                              "train.deepspeed stage")
+                              f"{describe(layout)}: DeepSpeed's universal checkpoint converts ZeRO-1 and ZeRO-2 "
+                              "into each other and ZeRO-3 into ZeRO-3, at any dp and sp, but not between "
+                              f"{families[0]} and {families[1]} state: resume with train.deepspeed at ZeRO stage "
+                              f"{stages[0]} (the saved one), at any layout")
+    if 0 in stages:
+        raise CheckpointError(f"checkpoint {directory} was saved by {describe(saved_layout)} before checkpoints "
+                              f"recorded their ZeRO stage: resume it with that rank count (this run: "
+                              f"{describe(layout)})")
     resume.universal = True
     if _rank() == 0:
         error = None
@@ -224,6 +232,10 @@ def plan(root: Path, tag: str, layout: dict, model_cfg: HyenaConfig) -> Resume:
     if error:
         raise CheckpointError(error)
     return resume
+
+
+def _stage_family(stage: int | None) -> str:
+    return {0: "unpartitioned (ZeRO-0)", 1: "ZeRO-1/2", 2: "ZeRO-1/2", 3: "ZeRO-3"}.get(stage, "ZeRO")
 
 
 def _convert_to_universal(source: Path, out: Path) -> None:
