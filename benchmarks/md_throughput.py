@@ -74,17 +74,23 @@ def step_rate(store: Path, sp: int, repeats: int) -> dict:
 def collect(run_dirs: list[Path], out: Path) -> Path:
     """launch/train.py runs of the MD configs -> ``md_training.json``: per run its config's model and budget and
     the metrics at best validation (model and references); the runs' metrics.jsonl and loss_curve.png are copied
-    beside it (``<out>/<run name>/``)."""
+    beside it (``<out>/<run name>/``). Runs already in the file are kept unless a run of the same name replaces
+    them."""
     import json
     import shutil
 
-    runs = []
+    from benchmarks.envelope import read
+
+    existing = out / "md_training.json"
+    runs = read(existing)["runs"] if existing.exists() else []
     for run_dir in run_dirs:
         summary = json.loads((run_dir / "summary.json").read_text())
         config = json.loads((run_dir / "config.json").read_text())
+        runs = [r for r in runs if r["run"] != run_dir.name]
         runs.append({"run": run_dir.name, "data": config["data"]["path"], "sp": config["parallel"]["sp"],
                      "steps": summary["steps"], "batch_size": config["train"]["batch_size"],
-                     "zero_update": config["model"].get("zero_update", False), "best": summary["best"]})
+                     "zero_update": config["model"].get("zero_update", False),
+                     "local_window": config["model"].get("local_window", 0), "best": summary["best"]})
         (out / run_dir.name).mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "loss_curve.png"):
             shutil.copy(run_dir / name, out / run_dir.name / name)
@@ -103,10 +109,12 @@ def training_table(payload: dict) -> str:
     for r in payload["runs"]:
         b = r["best"]
         rows.append([r["run"], r["sp"], f"{r['steps']} × {r['batch_size']}", "yes" if r["zero_update"] else "no",
+                     r.get("local_window", 0),
                      _vs(b["val_mse"], b["val_static_mse"]), f"{b['val_static_mse']:.4g}",
                      _vs(b["test_mse"], b["test_static_mse"]), f"{b['test_static_mse']:.4g}",
                      f"{b['test_constant_velocity_mse']:.3g}" if "test_constant_velocity_mse" in b else "—"])
-    return markdown_table(["run", "sp", "steps × batch", "zero_update", "model: val (vs static)", "static: val",
+    return markdown_table(["run", "sp", "steps × batch", "zero_update", "local_window", "model: val (vs static)",
+                           "static: val",
                            "model: test (vs static)", "static: test", "x_t + Δt v_t: test"], rows)
 
 

@@ -278,3 +278,20 @@ def shutdown() -> None:
     """Destroy the process group (a clean exit; no-op when none was created)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def on_rank0(work: Callable[[], object], describe: Callable[[Exception], str], error: type = RuntimeError) -> None:
+    """Run `work` on rank 0 alone while the others wait; an exception there is raised on every rank, as `error`
+    with the message `describe(exception)`, so no rank waits forever for one that failed. Collective."""
+    message = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            work()
+        except Exception as e:  # handed to every rank below
+            message = describe(e)
+    if dist.is_initialized():
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message:
+        raise error(message)

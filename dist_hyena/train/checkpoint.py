@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from dist_hyena.config import HyenaConfig, architecture_difference
+from dist_hyena.runtime import on_rank0
 
 _TAG = re.compile(r"^step_(\d+)$")
 # 1: per-rank loader positions, numpy RNG arrays, the whole model config (before layouts could change);
@@ -217,20 +218,9 @@ def plan(root: Path, tag: str, layout: dict, model_cfg: HyenaConfig) -> Resume:
                               f"recorded their ZeRO stage: resume it with that rank count (this run: "
                               f"{describe(layout)})")
     resume.universal = True
-    if _rank() == 0:
-        error = None
-        try:
-            _convert_to_universal(directory, root / "universal" / tag)
-        except CheckpointError as e:
-            error = str(e)
-    else:
-        error = None
-    if dist.is_initialized():
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error:
-        raise CheckpointError(error)
+    on_rank0(lambda: _convert_to_universal(directory, root / "universal" / tag),
+             lambda e: str(e) if isinstance(e, CheckpointError) else
+             f"converting {directory} to a universal checkpoint: {type(e).__name__}: {e}", CheckpointError)
     return resume
 
 

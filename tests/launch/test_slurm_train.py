@@ -32,7 +32,7 @@ def test_train_sbatch_requeues_on_usr1_and_resumes(tmp_path, slurm, train_args):
     # What SLURM sends the batch shell before the time limit (#SBATCH --signal=B:USR1@180).
     slurm.run(["scancel", "--signal=USR1", "--batch", job])
     slurm.wait(job, timeout=60, until=("PENDING",))
-    slurm.run(["scontrol", "update", f"JobId={job}", "NumTasks=1"])  # the next allocation is smaller
+    slurm.run(["scontrol", "update", f"JobId={job}", "NumTasks=1", "NumCPUs=1"])  # the next allocation is smaller
     slurm.start_now(job)
     state = slurm.wait(job, timeout=240)
 
