@@ -46,7 +46,7 @@ TRAIN_CASES = {
     "no store and no preset": ([], r"no dataset store at {store}\. Create it with: python datasets/nbody\.py"),
     "checkpoint of a different model": (["model.hidden_width=12"],
                                         r"checkpoint .*step_00000001 was saved by a different model .*"
-                                        r"'hidden_width': \(8, 12\)"),
+                                        r"model.hidden_width: saved 8, this run 12"),
     "DeepSpeed config DeepSpeed rejects": ([], r"{ds}: DeepSpeed rejects this config: .*overlap_comn.*"
                                                r"Extra inputs are not permitted"),
     "DeepSpeed config setting what the run config owns": ([], r"{ds}: train_batch_size must not be set here"),
