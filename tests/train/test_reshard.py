@@ -105,7 +105,8 @@ def _last_job(rank, world, tmp_path):
     from dist_hyena.train import train
 
     _copy(tmp_path, "dp1_zero1", 2 * K, "dp2_dp1_dp2")
-    return train(_cfg(tmp_path, "dp2_dp1_dp2", 1), resume=True)
+    cfg = _cfg(tmp_path, "dp2_dp1_dp2", 1)
+    return _loaded_parameters(cfg), train(cfg, resume=True)
 
 
 def _records(run_dir: Path, name: str, key: str) -> dict[int, object]:
@@ -113,9 +114,9 @@ def _records(run_dir: Path, name: str, key: str) -> dict[int, object]:
     return {r["step"]: r[key] for r in map(json.loads, lines) if key in r}
 
 
-def _saved_parameters(run_dir: Path, stage: int) -> dict:
-    """The fp32 parameters a straight run saved at step K, consolidated by DeepSpeed from its shards."""
-    tag = f"step_{K:08d}"
+def _saved_parameters(run_dir: Path, stage: int, step: int = K) -> dict:
+    """The fp32 parameters a run saved at `step`, consolidated by DeepSpeed from its shards."""
+    tag = f"step_{step:08d}"
     if stage == 0:
         return torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -142,7 +143,7 @@ def test_resume_on_another_layout(tmp_path):
     runs = tmp_path / "runs"
     sp2 = run_ranks(_first_jobs, world=2, args=(tmp_path,), timeout=500)[0]
     one = run_ranks(_one_rank_jobs, world=1, args=(tmp_path,), timeout=500)[0]
-    last = run_ranks(_last_job, world=2, args=(tmp_path,), timeout=300)[0]
+    last_loaded, last = run_ranks(_last_job, world=2, args=(tmp_path,), timeout=300)[0]
 
     for stage in STAGES:
         saved = _saved_parameters(runs / f"straight{stage}", stage)
@@ -156,6 +157,7 @@ def test_resume_on_another_layout(tmp_path):
     _assert_continues(runs, "straight1", "execution", range(K + 1, 2 * K + 1))
 
     assert last["start_step"] == 2 * K and last["steps"] == 3 * K
+    _assert_loaded_as_saved(last_loaded, _saved_parameters(runs / "dp1_zero1", 1, 2 * K), "dp 1 -> dp 2")
     _assert_continues(runs, "straight1", "dp2_dp1_dp2", range(2 * K + 1, 3 * K + 1))
     want = _records(runs / "straight1", "samples.jsonl", "sample_ids")
     got = _records(runs / "dp2_dp1_dp2", "samples.jsonl", "sample_ids")
