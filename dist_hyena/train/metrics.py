@@ -35,6 +35,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _keep_until(path: Path, step: int) -> None:
+    """Rewrite a JSON-lines log with only its records of steps <= `step` (a resume drops what came after)."""
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
 class MetricsLogger:
     """Writes metrics on the main rank; a no-op elsewhere. `start_step` > 0 (a resume) drops
     records of later steps left by the interrupted run, so the file reads as one run."""
@@ -45,10 +51,9 @@ class MetricsLogger:
         if not main:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        for path in (self.jsonl, self.samples_jsonl):
-            if path.exists() or path is self.jsonl:
-                kept = [r for r in read_metrics(path) if r["step"] <= start_step]
-                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        _keep_until(self.jsonl, start_step)
+        if self.samples_jsonl.exists():
+            _keep_until(self.samples_jsonl, start_step)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
