@@ -90,7 +90,9 @@ def collect(run_dirs: list[Path], out: Path) -> Path:
         runs.append({"run": run_dir.name, "data": config["data"]["path"], "sp": config["parallel"]["sp"],
                      "steps": summary["steps"], "batch_size": config["train"]["batch_size"],
                      "zero_update": config["model"].get("zero_update", False),
-                     "local_window": config["model"].get("local_window", 0), "best": summary["best"]})
+                     "local_window": config["model"].get("local_window", 0),
+                     "local_cutoff": config["model"].get("local_cutoff"),
+                     "positions_in_stream": config["model"].get("positions_in_stream", True), "best": summary["best"]})
         (out / run_dir.name).mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "loss_curve.png"):
             shutil.copy(run_dir / name, out / run_dir.name / name)
@@ -109,11 +111,13 @@ def training_table(payload: dict) -> str:
     for r in payload["runs"]:
         b = r["best"]
         rows.append([r["run"], r["sp"], f"{r['steps']} × {r['batch_size']}", "yes" if r["zero_update"] else "no",
-                     r.get("local_window", 0),
+                     r.get("local_window", 0), "—" if r.get("local_cutoff") is None else f"{r['local_cutoff']:g} Å",
+                     "yes" if r.get("positions_in_stream", True) else "no",
                      _vs(b["val_mse"], b["val_static_mse"]), f"{b['val_static_mse']:.4g}",
                      _vs(b["test_mse"], b["test_static_mse"]), f"{b['test_static_mse']:.4g}",
                      f"{b['test_constant_velocity_mse']:.3g}" if "test_constant_velocity_mse" in b else "—"])
-    return markdown_table(["run", "sp", "steps × batch", "zero_update", "local_window", "model: val (vs static)",
+    return markdown_table(["run", "sp", "steps × batch", "zero_update", "local_window", "local_cutoff",
+                           "positions in stream", "model: val (vs static)",
                            "static: val",
                            "model: test (vs static)", "static: test", "x_t + Δt v_t: test"], rows)
 

@@ -58,6 +58,14 @@ class HyenaConfig:
     channel, by the ReLU of a learned invariant of the token (more outputs of the gating MLP) before the long
     convolution. A token whose gate is negative adds exactly nothing to the context, at any length, where a
     sigmoid-gated or ungated token always adds a little: the sum of those leaks grows with N.
+    ``local_cutoff`` (default None: every tap counts): a tap's message is weighted by a smooth cosine envelope of
+    the distance between the two tokens' positions (first position channel), 1 at 0 and 0 from the cutoff on, so
+    sequence neighbours far apart in space (consecutive water molecules of a topology) add nothing; in the data's
+    length unit. ``positions_in_stream`` (default True, the paper's): the centred input positions are one of the
+    stream's input vectors; False keeps them out of it (they reach the local context only, as relative vectors
+    p_j - p_i), so the stream carries no absolute position: with ``linear_path`` an update built from local
+    structure reaches the head unnormalised, and the untrained model predicts the input positions when no other
+    vector is an input. Needs ``local_window > 0``.
     ``zero_update`` (default False): the n-body head's last linear map (and linear path) starts at zero, so an
     untrained model predicts the input positions (the static reference) and training moves it from there.
     ``position_channels`` are the input vector
@@ -88,10 +96,12 @@ class HyenaConfig:
     gate_invariant: str = "norm"
     local_window: int = 0
     local_hidden: int = 64
+    local_cutoff: float | None = None
     context_norm: bool = False
     recall_readout: str = "mean"
     source_gate: bool = False
     zero_update: bool = False
+    positions_in_stream: bool = True
 
     def __post_init__(self):
         self.position_channels = tuple(self.position_channels)
@@ -124,6 +134,13 @@ class HyenaConfig:
         if self.context_norm and self.conv_mode == "causal":
             raise ValueError("HyenaConfig.context_norm normalises over every token of the sample, which a causal "
                              "model must not read: use conv_mode='circular' or context_norm=False")
+        if self.local_cutoff is not None and not (isinstance(self.local_cutoff, (int, float))
+                                                  and self.local_cutoff > 0 and self.position_channels):
+            raise ValueError(f"HyenaConfig.local_cutoff must be None or a positive distance with a position "
+                             f"channel, got {self.local_cutoff!r} (position_channels={self.position_channels})")
+        if not self.positions_in_stream and not (self.local_window and self.position_channels):
+            raise ValueError("HyenaConfig.positions_in_stream=False keeps the positions out of the stream; only the "
+                             "local context would see them: set local_window > 0 (and a position channel)")
         if self.head == "nbody" and not self.position_channels:
             raise ValueError("the nbody head predicts positions: HyenaConfig.position_channels must name one")
 

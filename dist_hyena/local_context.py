@@ -51,8 +51,9 @@ class LocalContext(nn.Module):
     ledger_name = "local_context"
 
     def __init__(self, window: int, mode: str, n_vector: int, n_scalar: int, n_position: int, hidden: int,
-                 mesh=None, token_chunk: int | None = None):
+                 mesh=None, token_chunk: int | None = None, cutoff: float | None = None):
         super().__init__()
+        self.cutoff = cutoff
         if window < 1:
             raise ValueError(f"LocalContext needs a window >= 1, got {window}")
         self.window, self.mode, self.mesh = window, mode, mesh
@@ -101,6 +102,9 @@ class LocalContext(nn.Module):
         m = nn.functional.silu(self.edge_in(invariants) + self.tap_embedding)
         m = nn.functional.silu(self.edge_hidden(m))
         weight = torch.full_like(m[..., :1], 1.0 / len(self.offsets))  # [B, c, T, 1]
+        if self.cutoff is not None:  # a smooth envelope: sequence neighbours farther than the cutoff add nothing
+            r = (p_j - p_i)[..., 0, :].norm(dim=-1, keepdim=True)  # [B, c, T, 1], the first position channel
+            weight = weight * torch.where(r < self.cutoff, 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1), 0.0)
         if self.mode == "causal":  # no tap before the first token
             index = first + torch.arange(c, device=ext.device)[:, None] + self.offset
             weight = weight * (index >= 0).to(weight.dtype)[..., None]

@@ -156,7 +156,8 @@ class HyenaBlock(nn.Module):
         self.cv, self.d = cfg.vector_width, cfg.scalar_width
         if cfg.local_window:
             self.local = LocalContext(cfg.local_window, cfg.conv_mode, self.cv, self.d,
-                                      len(cfg.position_channels), cfg.local_hidden, mesh, cfg.mlp_token_chunk)
+                                      len(cfg.position_channels), cfg.local_hidden, mesh, cfg.mlp_token_chunk,
+                                      cfg.local_cutoff)
         self.operator = HyenaOperator(cfg, mesh)
         self.mlp = mlp(cfg, self.cv, self.d, self.cv, self.d)
         self.mesh = mesh
@@ -234,7 +235,8 @@ class SE3HyenaModel(nn.Module):
             centroid = token_mean(x[:, :, pos], n_total, self.mesh)  # [B, P, 3]
             x = subtract_centroid(x, pos, centroid)
         geometry = (x[:, :, pos] if pos and cfg.local_window else None, counts)
-        h_x, h_f = self.embed_in(x, f)
+        stream_in = x if cfg.positions_in_stream else x.index_fill(2, torch.tensor(pos, device=x.device), 0.0)
+        h_x, h_f = self.embed_in(stream_in, f)
         for block in self.blocks:
             if cfg.activation_checkpointing and self.training:
                 h_x, h_f = checkpoint(block, h_x, h_f, *geometry, use_reentrant=False)

@@ -1,6 +1,8 @@
 """The local geometric context (docs/design.md §2.4): the vectorised layer against a direct loop over pairs and taps,
 its equivariance and the model's with ``local_window > 0``, token chunks, and ``local_window = 0`` unchanged."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -23,9 +25,9 @@ def randomise_outputs(module: nn.Module, seed: int = 0) -> None:
                     p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
 
 
-def layer_and_inputs(window, mode, n, cv=2, d=3, n_pos=1, batch=2, seed=0):
+def layer_and_inputs(window, mode, n, cv=2, d=3, n_pos=1, batch=2, seed=0, cutoff=None):
     torch.manual_seed(seed)
-    layer = LocalContext(window, mode, cv, d, n_pos, hidden=8).double()
+    layer = LocalContext(window, mode, cv, d, n_pos, hidden=8, cutoff=cutoff).double()
     randomise_outputs(layer, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, n, cv, 3, generator=gen, dtype=torch.float64)
@@ -53,9 +55,13 @@ def direct(layer: LocalContext, x, f, pos):
                 invariants = torch.cat([torch.stack(gram), f[s, i], f[s, j]])
                 m = nn.functional.silu(layer.edge_in(invariants) + layer.tap_embedding[k])
                 m = nn.functional.silu(layer.edge_hidden(m))
+                envelope = 1.0
+                if layer.cutoff is not None:
+                    r = rel[0].norm().item()
+                    envelope = 0.5 * (math.cos(math.pi * r / layer.cutoff) + 1) if r < layer.cutoff else 0.0
                 coef = layer.to_vectors(m).view(cv, len(vectors))
-                dx[s, i] += coef @ torch.stack(vectors) / len(offsets)
-                df[s, i] += layer.to_scalars(m) / len(offsets)
+                dx[s, i] += envelope * coef @ torch.stack(vectors) / len(offsets)
+                df[s, i] += envelope * layer.to_scalars(m) / len(offsets)
     return dx, df
 
 
@@ -70,6 +76,27 @@ def test_equals_direct_loop(mode, window, n):
         got = layer(x, f, pos, [n])
         for g, e in zip(got, expected, strict=True):
             assert (g - e).abs().max().item() <= 1e-12, f"chunk={chunk}"
+
+
+@pytest.mark.parametrize("mode", ["circular", "causal"])
+def test_cutoff_equals_direct_loop(mode):
+    """``cutoff``: each tap weighted by the cosine envelope of its distance; pairs past it add exactly nothing
+    (the cutoff 1.5 sits inside the spread of the random inputs' distances, so both kinds of pair occur)."""
+    layer, x, f, pos = layer_and_inputs(2, mode, 9, cutoff=1.5)
+    distances = (pos[:, :, None, 0] - pos[:, None, :, 0]).norm(dim=-1)
+    assert (distances < 1.5).any() and (distances > 1.5).any()
+    expected = direct(layer, x, f, pos)
+    for chunk in (None, 2):
+        layer.token_chunk = chunk
+        for g, e in zip(layer(x, f, pos, [9]), expected, strict=True):
+            assert (g - e).abs().max().item() <= 1e-12, f"chunk={chunk}"
+    far = pos.clone()
+    far[:, 4] += 100.0  # token 4 far from everyone: its taps, and its neighbours' taps to it, vanish
+    dx, df = layer(x, f, far, [9])
+    assert dx[:, 4].abs().max().item() == 0.0 and df[:, 4].abs().max().item() == 0.0
+    near = LocalContext(2, mode, 2, 3, 1, hidden=8).double()
+    near.load_state_dict(layer.state_dict())
+    assert (near(x, f, far, [9])[0][:, 4].abs().max().item()) > 1e-3  # without the cutoff it does not
 
 
 def test_without_positions_equals_direct_loop():
@@ -112,6 +139,8 @@ MODEL_CONFIGS = {
     "nbody-causal": dict(local_window=3, conv_mode="causal"),
     "nbody-chunked": dict(local_window=2, mlp_token_chunk=5),
     "recall": dict(RECALL, local_window=1),
+    "nbody-relative": dict(local_window=2, vector_width=2, local_cutoff=1.5, positions_in_stream=False,
+                           linear_path=True),
 }
 
 
@@ -180,6 +209,24 @@ def test_window_zero_is_the_paper_model():
             assert torch.equal(a, b)
 
 
+def test_relative_model_starts_static_and_reads_only_relative_positions():
+    """``positions_in_stream=False`` with positions the only vector input: an untrained model (zero local
+    output maps) predicts exactly its input positions, and a trained one is exactly translation-equivariant."""
+    cfg = HyenaConfig(**MODEL_CONFIGS["nbody-relative"], vector_in=1)
+    model = SE3HyenaModel(cfg).double().eval()
+    x, f = model_inputs(cfg, 11)
+    with torch.no_grad():
+        assert (model(x, f)[0] - x[:, :, :1]).abs().max().item() <= 1e-12
+        randomise_outputs(model)
+        moved = model(x, f)[0]
+        assert (moved - x[:, :, :1]).abs().max().item() > 1e-3
+        assert (model(x + 5.0, f)[0] - 5.0 - moved).abs().max().item() <= 1e-12
+
+
 def test_bad_window():
     with pytest.raises(ValueError, match="local_window"):
         HyenaConfig(local_window=-1)
+    with pytest.raises(ValueError, match="local_cutoff"):
+        HyenaConfig(local_window=1, local_cutoff=0.0)
+    with pytest.raises(ValueError, match="positions_in_stream"):
+        HyenaConfig(positions_in_stream=False)

@@ -27,7 +27,8 @@ HEADS = {
 # Local-context cases only: the recall model with the context normalised over the sample (an SP all-reduce).
 LOCAL_HEADS = {**HEADS, "recall-context-norm": dict(HEADS["recall"], context_norm=True),
                "recall-query": dict(HEADS["recall"], context_norm=True, recall_readout="query"),
-               "recall-source-gate": dict(HEADS["recall"], context_norm=True, source_gate=True)}
+               "recall-source-gate": dict(HEADS["recall"], context_norm=True, source_gate=True),
+               "nbody-relative": dict(HEADS["nbody"], local_cutoff=2.0, positions_in_stream=False, linear_path=True)}
 
 
 def _cases(p):
@@ -59,6 +60,7 @@ def _local_cases(p):
                     ("recall-context-norm", "fft", "circular", p * p, 2, None, f64),
                     ("recall-query", "channels", "circular", 2 * p + 1, 1, None, f64),
                     ("recall-source-gate", "channels", "circular", 2 * p + 3, 1, None, f64),
+                    ("nbody-relative", "channels", "circular", 2 * p + 1, 4, None, f64),
                     ("nbody", "channels", "circular", p + 1, p + 3, None, f64),
                     ("recall", "fft", "causal", p * p, p * p + 1, None, f64)]
 
