@@ -82,6 +82,7 @@ TABLES: dict[str, tuple[str | tuple[str, ...], Callable[..., str]]] = {
     "thread_policy": ("thread_policy.json", _from("thread_policy", "summary")),
     "md_training": ("md_training.json", _from("md_throughput", "training")),
     "md_throughput": ("md_throughput.json", _from("md_throughput", "throughput")),
+    "md_local_rule": (("md_local_rule_recipe.json", "md_local_rule_before.json"), _from("md_local_rule", "rule")),
     "step_efficiency": ("step_efficiency.json", _from("step_efficiency", "summary")),
     "geometric_product": ("geometric_product.json", _from("geometric_product", "rows")),
     "step_before_after": (tuple(f"step_before_after/{tree}_round{i}.json" for tree in ("before_334a46c", "after")
