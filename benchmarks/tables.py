@@ -89,7 +89,9 @@ TABLES: dict[str, tuple[str | tuple[str, ...], Callable[..., str]]] = {
                                 for i in (1, 2)), _from("longest_context", "before_after")),
 }
 
-_BLOCK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(\n<!-- /table -->)", re.S)
+# A block's body never crosses another marker: an empty placeholder (opening line, closing line) is filled in
+# place instead of swallowing the text up to the next table's end.
+_BLOCK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>(?:(?!<!-- /?table).)*?)\n?<!-- /table -->", re.S)
 
 
 def render(text: str, results: Path = RESULTS) -> str:
@@ -100,7 +102,7 @@ def render(text: str, results: Path = RESULTS) -> str:
             raise KeyError(f"a document names a generated table {name!r} that benchmarks/tables.py does not know")
         files, renderer = TABLES[name]
         files = (files,) if isinstance(files, str) else files
-        return match[1] + renderer(*(envelope.read(results / f) for f in files)) + match[4]
+        return match[1] + renderer(*(envelope.read(results / f) for f in files)) + "\n<!-- /table -->"
 
     return _BLOCK.sub(table, text)
 

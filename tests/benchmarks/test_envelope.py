@@ -39,3 +39,12 @@ def test_document_tables_are_generated_from_the_results(doc):
 def test_every_registered_table_is_in_a_document():
     text = "".join(doc.read_text() for doc in tables.DOCUMENTS)
     assert [name for name in tables.TABLES if f"<!-- table: {name} -->" not in text] == []
+
+
+def test_an_empty_placeholder_is_filled_in_place():
+    """A new table's opening and closing lines alone: the table lands between them, the text after it stays."""
+    text = ("a\n<!-- table: md_training -->\n<!-- /table -->\nkept\n"
+            "<!-- table: md_throughput -->\nold\n<!-- /table -->\n")
+    out = tables.render(text)
+    assert out.startswith("a\n<!-- table: md_training -->\n| run |") and "\n<!-- /table -->\nkept\n" in out
+    assert out.count("<!-- /table -->") == 2 and "old" not in out
