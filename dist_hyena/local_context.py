@@ -12,8 +12,9 @@ embedding of δ, each tap's own parameters. An MLP of the invariants gives a mes
     ΔX_i = (1/T) Σ_δ Σ_k a_k(m_ij) V_ij,k        ΔF_i = (1/T) Σ_δ s(m_ij)        (T taps)
 
 so the layer is E(3)-equivariant (inner products are O(3)-invariant, the update is a combination of V with
-invariant coefficients, p_j - p_i is translation-invariant). The output layers start at zero: a fresh layer adds
-nothing, and training starts from the paper's block. O(N·w) time and memory; with ``token_chunk`` the per-pair
+invariant coefficients, p_j - p_i is translation-invariant). With a ``cutoff`` r_c each tap's message is also
+weighted by ½(cos(π r / r_c) + 1), r = |p_j - p_i| (0 from r_c on; an invariant, so equivariance holds).
+The output layers start at zero: a fresh layer adds nothing, and training starts from the paper's block. O(N·w) time and memory; with ``token_chunk`` the per-pair
 activations exist one chunk of tokens at a time (recomputed in backward).
 
 Under sequence parallelism each rank extends its block by the 2w (causal: w) neighbouring tokens' inputs, with
@@ -53,9 +54,12 @@ class LocalContext(nn.Module):
     def __init__(self, window: int, mode: str, n_vector: int, n_scalar: int, n_position: int, hidden: int,
                  mesh=None, token_chunk: int | None = None, cutoff: float | None = None):
         super().__init__()
-        self.cutoff = cutoff
         if window < 1:
             raise ValueError(f"LocalContext needs a window >= 1, got {window}")
+        if cutoff is not None and not (cutoff > 0 and n_position):
+            raise ValueError(f"LocalContext's cutoff needs a position channel and a positive distance, got {cutoff} "
+                             f"with {n_position} position channels")
+        self.cutoff = cutoff
         self.window, self.mode, self.mesh = window, mode, mesh
         self.token_chunk = token_chunk
         self.cv, self.d, self.p = n_vector, n_scalar, n_position
