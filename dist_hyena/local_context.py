@@ -14,8 +14,9 @@ embedding of δ, each tap's own parameters. An MLP of the invariants gives a mes
 so the layer is E(3)-equivariant (inner products are O(3)-invariant, the update is a combination of V with
 invariant coefficients, p_j - p_i is translation-invariant). With a ``cutoff`` r_c each tap's message is also
 weighted by ½(cos(π r / r_c) + 1), r = |p_j - p_i| (0 from r_c on; an invariant, so equivariance holds).
-The output layers start at zero: a fresh layer adds nothing, and training starts from the paper's block. O(N·w) time and memory; with ``token_chunk`` the per-pair
-activations exist one chunk of tokens at a time (recomputed in backward).
+The output layers start at zero: a fresh layer adds nothing, and training starts from the paper's block.
+O(N·w) time and memory; with ``token_chunk`` the per-pair activations exist one chunk of tokens at a time
+(recomputed in backward).
 
 Under sequence parallelism each rank extends its block by the 2w (causal: w) neighbouring tokens' inputs, with
 ``dist_hyena.parallel.halo_exchange`` (docs/design.md §3.6); the rest is token-wise.
