@@ -1,8 +1,8 @@
 """Can the model express what is predictable on the solvated protein? A one-process training loop on its store.
 
-    python benchmarks/md_local_rule.py --target oracle                      # the config's model, noiseless targets
-    python benchmarks/md_local_rule.py --target oracle model.local_cutoff=null model.positions_in_stream=true \\
-        model.linear_path=false model.zero_update=true                       # the model before the recipe
+    python benchmarks/md_local_rule.py --target oracle --name md_local_rule_recipe   # the config's model
+    python benchmarks/md_local_rule.py --target oracle --name md_local_rule_before model.local_cutoff=null \\
+        model.positions_in_stream=true model.linear_path=false model.zero_update=true   # the model before the recipe
     python benchmarks/md_local_rule.py --target next                        # the real next-frame targets
 
 Over 100 ps a water molecule turns over completely, so the best guess for each of its atoms is the molecule's
@@ -68,12 +68,12 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(cfg.run.seed)
-    data = {s: [(b["x"], b["f"], b["y"]) for b in StreamingLoader(cfg.data.path, s, 1)]
-            for s in ("train", "val", "test")}
+    loaders = {s: StreamingLoader(cfg.data.path, s, 1) for s in ("train", "val", "test")}
+    data = {s: [(b["x"], b["f"], b["y"]) for b in loader] for s, loader in loaders.items()}
     x0, f0, _ = data["train"][0]
     model_cfg = dataclasses.replace(cfg.model, vector_in=x0.shape[2], scalar_in=f0.shape[2])
     model = SE3HyenaModel(model_cfg)
-    masses_at = StreamingLoader(cfg.data.path, "train", 1).reader.meta["scalars"].index("masses")
+    masses_at = loaders["train"].reader.meta["scalars"].index("masses")
     masses = f0[0, :, masses_at]
     water = torch.as_tensor(water_molecules(masses.numpy()))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
