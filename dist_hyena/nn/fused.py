@@ -16,7 +16,7 @@ import functools
 
 import torch
 
-from . import algebra
+from . import algebra, native
 
 EPS = 1e-6
 
@@ -89,6 +89,8 @@ class NormalisedProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x, c, s, skip):
         ctx.save_for_backward(a, x, c, s)
+        if native.supports(a):
+            return native.product_forward(a, x, c, s, skip, EPS**2)
         idx, onehot = _indices(a.device), _onehot(a)
         n, rows_total, channels = a.shape
         s = s[:, None]
@@ -106,6 +108,9 @@ class NormalisedProduct(torch.autograd.Function):
     def backward(ctx, grad):
         a, x, c, s = ctx.saved_tensors
         need_a, need_x, need_c, need_s, need_skip = ctx.needs_input_grad
+        if native.supports(a):
+            grad_a, grad_x, grad_c, grad_s = native.product_backward(grad, a, x, c, s, EPS**2, need_c or need_s)
+            return grad_a, grad_x, grad_c, grad_s, grad if need_skip else None
         idx, onehot = _indices(a.device), _onehot(a)
         n, rows_total, channels = a.shape
         s = s[:, None]
@@ -172,6 +177,8 @@ class GateNorm(torch.autograd.Function):
     def forward(ctx, h, scale, shift, ln_scale, squared: bool):
         ctx.save_for_backward(h, scale, shift, ln_scale)
         ctx.squared = squared
+        if native.supports(h):
+            return native.gate_norm_forward(h, scale, shift, ln_scale, squared, EPS)
         idx, onehot = _indices(h.device), _onehot(h)
         scale, shift = (None, None) if scale is None else (scale[:, None], shift[:, None])
         out = torch.empty_like(h)
@@ -185,6 +192,8 @@ class GateNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         h, scale_p, shift_p, ln_scale = ctx.saved_tensors
+        if native.supports(h):
+            return *native.gate_norm_backward(grad, h, scale_p, shift_p, ln_scale, ctx.squared, EPS), None
         idx, onehot = _indices(h.device), _onehot(h)
         gated = scale_p is not None
         scale, shift = (scale_p[:, None], shift_p[:, None]) if gated else (None, None)

@@ -79,7 +79,7 @@ def test_embed_and_read_round_trip():
         algebra.read(mv, 5, 5)
 
 
-def test_geometric_product_matches_the_cayley_sum_and_its_gradients(monkeypatch):
+def test_geometric_product_matches_the_cayley_sum_and_its_gradients(monkeypatch, kernels):
     """The sparse chunked product equals sum_ij a_i b_j C_ijk w(o, path(i, j, k)) by the dense Cayley table,
     values and gradients, also when the rows do not divide into chunks; the paths it never reaches have no
     weight at all."""
@@ -108,7 +108,7 @@ def test_geometric_product_matches_the_cayley_sum_and_its_gradients(monkeypatch)
 
 @pytest.mark.parametrize("invariant", ["norm", "squared_norm"])
 @pytest.mark.parametrize("parts", ["gate", "norm", "gate+norm"])
-def test_fused_gate_and_layer_norm_match_autograd_and_gradcheck(monkeypatch, invariant, parts):
+def test_fused_gate_and_layer_norm_match_autograd_and_gradcheck(monkeypatch, invariant, parts, kernels):
     """fused.GateNorm (gate, layer norm, or both in one pass) equals the textbook formulas with autograd, values and
     gradients, also when the rows do not divide into chunks; and passes gradcheck."""
     from dist_hyena.nn import fused
@@ -181,7 +181,7 @@ def _reference_mlp(mlp: CliffordMLP, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def test_mlp_equals_the_textbook_formulas():
+def test_mlp_equals_the_textbook_formulas(kernels):
     """The blade-major layers with their sparse product compute what the first release's dense, channel-major
     layers computed (float64, round-off), with trained-looking (random) gates and norms."""
     torch.manual_seed(0)

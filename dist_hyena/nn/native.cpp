@@ -1,0 +1,367 @@
+// The Clifford layers' fused passes (dist_hyena/nn/fused.py) as one compiled loop each, for CPU tensors.
+//
+// Every operand is blade-major [8 or 4, rows, C]: element (blade b, row r, channel ch) at b * stride + r * C + ch.
+// The loops run over rows and, within a row, over packs of L contiguous channels (one 32-byte vector: 8 floats or
+// 4 doubles, GCC/Clang vector extensions): one pack's 8 blades sit in registers, and the product's 64 terms, the
+// normalisation and the gate are computed once per pack with no temporaries in memory (the eager version makes
+// ~10 passes over [64, rows, C] buffers). A row's last pack may be partial: its missing lanes load as zeros,
+// are never stored and are masked out of the layer norm's sums over channels.
+//
+// DH_RIGHT and DH_GRADE are generated from dist_hyena.nn.algebra at build time (native.py): the product's index
+// table (blade_i blade_RIGHT[k][i] = +-blade_k; the signs ride in the weights c) and each blade's grade. As
+// compile-time constants they let the fully unrolled 64-term loops index registers, not memory.
+//
+// Row ranges: a caller may split rows across threads; each function takes the blade stride separately from the
+// number of rows it processes, and accumulates its parameter gradients into the buffers it is given.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#ifndef DH_RIGHT
+#error "DH_RIGHT (the product's index table) must be defined; dist_hyena/nn/native.py builds this file"
+#endif
+
+namespace {
+
+constexpr int RIGHT[8][8] = DH_RIGHT;
+constexpr int GRADE[8] = DH_GRADE;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// One build runs on any x86-64 and uses AVX2 + FMA where the CPU has them (chosen once, at load).
+#define DH_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DH_CLONES
+#endif
+#define DH_INLINE inline __attribute__((always_inline))
+#define DH_LAMBDA __attribute__((always_inline))
+#define DH_UNROLL _Pragma("GCC unroll 8")
+
+template <typename T>
+struct Lanes {
+    typedef T V __attribute__((vector_size(32)));
+    static constexpr int N = 32 / sizeof(T);
+};
+
+// Full packs pass their width as a compile-time constant (their loads and stores are single vector moves), a row's
+// last partial pack as an int.
+template <typename T>
+using Full = std::integral_constant<int, Lanes<T>::N>;
+
+// Calls pack(ch, n) for each pack of n channels starting at ch.
+template <typename T, typename F>
+DH_INLINE void over_packs(int64_t C, F&& pack) {
+    int64_t ch = 0;
+    for (; ch + Lanes<T>::N <= C; ch += Lanes<T>::N) pack(ch, Full<T>{});
+    if (ch < C) pack(ch, int(C - ch));
+}
+
+// n <= L lanes from p; the others zero.
+template <typename T, typename N>
+DH_INLINE typename Lanes<T>::V load(const T* p, N n) {
+    typename Lanes<T>::V v = {};
+    std::memcpy(&v, p, n * sizeof(T));
+    return v;
+}
+
+template <typename T, typename N>
+DH_INLINE void store(T* p, typename Lanes<T>::V v, N n) {
+    std::memcpy(p, &v, n * sizeof(T));
+}
+
+template <typename T, typename N>
+DH_INLINE void load8(const T* p, int64_t stride, N n, typename Lanes<T>::V* v) {
+    DH_UNROLL for (int b = 0; b < 8; ++b) v[b] = load(p + b * stride, n);
+}
+
+template <typename T>
+DH_INLINE typename Lanes<T>::V vsqrt(typename Lanes<T>::V v) {
+    DH_UNROLL for (int l = 0; l < Lanes<T>::N; ++l) v[l] = std::sqrt(v[l]);
+    return v;
+}
+
+template <typename T>
+DH_INLINE typename Lanes<T>::V vsigmoid(typename Lanes<T>::V v) {
+    DH_UNROLL for (int l = 0; l < Lanes<T>::N; ++l) v[l] = T(1) / (T(1) + std::exp(-v[l]));
+    return v;
+}
+
+// 1 on the first n lanes, 0 on the others.
+template <typename T>
+DH_INLINE typename Lanes<T>::V lane_mask(int n) {
+    typename Lanes<T>::V m;
+    DH_UNROLL for (int l = 0; l < Lanes<T>::N; ++l) m[l] = l < n ? T(1) : T(0);
+    return m;
+}
+
+template <typename T>
+DH_INLINE T lane_sum(typename Lanes<T>::V v) {
+    T s = 0;
+    DH_UNROLL for (int l = 0; l < Lanes<T>::N; ++l) s += v[l];
+    return s;
+}
+
+// The product's right operand normalised per grade, b = x / (s (|x_g| - 1) + 1), |x_g| = sqrt(sum x^2 + eps^2).
+template <typename T, typename N, typename V = typename Lanes<T>::V>
+DH_INLINE void normalise(const V* xv, const T* s, int64_t C, N n, T eps2, V* norm, V* inv, V* bv) {
+    V n2[4] = {};
+    DH_UNROLL for (int b = 0; b < 8; ++b) n2[GRADE[b]] += xv[b] * xv[b];
+    DH_UNROLL for (int g = 0; g < 4; ++g) {
+        const V sg = load(s + g * C, n);
+        norm[g] = vsqrt<T>(n2[g] + eps2);
+        inv[g] = T(1) / ((T(1) - sg) + sg * norm[g]);
+    }
+    DH_UNROLL for (int b = 0; b < 8; ++b) bv[b] = xv[b] * inv[GRADE[b]];
+}
+
+// out = skip + GP_c(a, normalise_s(x)): y_k = sum_i c[k, i] a_i b_RIGHT[k][i].
+template <typename T, typename V = typename Lanes<T>::V>
+DH_INLINE void product_forward(const T* a, const T* x, const T* c, const T* s, const T* skip, T* out, int64_t stride,
+                               int64_t rows, int64_t C, T eps2) {
+    for (int64_t r = 0; r < rows; ++r) {
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * C + ch;
+            V av[8], xv[8], bv[8], norm[4], inv[4];
+            load8(a + at, stride, n, av);
+            load8(x + at, stride, n, xv);
+            normalise<T>(xv, s + ch, C, n, eps2, norm, inv, bv);
+            DH_UNROLL for (int k = 0; k < 8; ++k) {
+                V y = load(skip + k * stride + at, n);
+                DH_UNROLL for (int i = 0; i < 8; ++i) y += load(c + (k * 8 + i) * C + ch, n) * av[i] * bv[RIGHT[k][i]];
+                store(out + k * stride + at, y, n);
+            }
+        });
+    }
+}
+
+// The product's backward: grad_a, grad_x (written), grad_c [8 (k), 8 (i), C] and grad_s [4, C] (accumulated when
+// NEED_PARAMS), recomputing b from x.
+template <typename T, bool NEED_PARAMS, typename V = typename Lanes<T>::V>
+DH_INLINE void product_backward(const T* grad, const T* a, const T* x, const T* c, const T* s, T* grad_a, T* grad_x,
+                                T* grad_c, T* grad_s, int64_t stride, int64_t rows, int64_t C, T eps2) {
+    for (int64_t r = 0; r < rows; ++r) {
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * C + ch;
+            V av[8], xv[8], bv[8], gv[8], norm[4], inv[4], ga[8] = {}, gb[8] = {};
+            load8(a + at, stride, n, av);
+            load8(x + at, stride, n, xv);
+            load8(grad + at, stride, n, gv);
+            normalise<T>(xv, s + ch, C, n, eps2, norm, inv, bv);
+            DH_UNROLL for (int k = 0; k < 8; ++k) {
+                DH_UNROLL for (int i = 0; i < 8; ++i) {
+                    const int j = RIGHT[k][i];
+                    const V w = load(c + (k * 8 + i) * C + ch, n) * gv[k];
+                    ga[i] += w * bv[j];
+                    gb[j] += w * av[i];
+                    if (NEED_PARAMS) {
+                        T* p = grad_c + (k * 8 + i) * C + ch;
+                        store(p, load(p, n) + gv[k] * av[i] * bv[j], n);
+                    }
+                }
+            }
+            // b_j = x_j inv_g: grad_x_j = gb_j inv_g - x_j inv_g^2 s_g / |x_g| sum_{j' in g} gb_j' x_j'
+            V u[4] = {};
+            DH_UNROLL for (int b = 0; b < 8; ++b) u[GRADE[b]] += gb[b] * xv[b];
+            DH_UNROLL for (int g = 0; g < 4; ++g) {
+                u[g] *= inv[g] * inv[g];
+                if (NEED_PARAMS) store(grad_s + g * C + ch, load(grad_s + g * C + ch, n) - u[g] * (norm[g] - T(1)), n);
+                u[g] *= load(s + g * C + ch, n) / norm[g];
+            }
+            DH_UNROLL for (int b = 0; b < 8; ++b) {
+                store(grad_a + b * stride + at, ga[b], n);
+                store(grad_x + b * stride + at, gb[b] * inv[GRADE[b]] - xv[b] * u[GRADE[b]], n);
+            }
+        });
+    }
+}
+
+// The gate's per-grade quantities of one pack: squared grade norms n2, invariants inv (the scalar itself for
+// grade 0), gates sigmoid(scale inv + shift) (1 without a gate).
+template <typename T, bool GATED, bool SQUARED, typename N, typename V = typename Lanes<T>::V>
+DH_INLINE void gate_of(const V* hv, const T* scale, const T* shift, int64_t C, N n, T eps2, V* n2, V* inv,
+                       V* gate) {
+    DH_UNROLL for (int g = 0; g < 4; ++g) n2[g] = V{};
+    DH_UNROLL for (int b = 0; b < 8; ++b) n2[GRADE[b]] += hv[b] * hv[b];
+    DH_UNROLL for (int g = 0; g < 4; ++g) {
+        if (GATED) {
+            inv[g] = g == 0 ? hv[0] : (SQUARED ? n2[g] : vsqrt<T>(n2[g] + eps2));
+            gate[g] = vsigmoid<T>(load(scale + g * C, n) * inv[g] + load(shift + g * C, n));
+        } else {
+            inv[g] = V{};
+            gate[g] = V{} + T(1);
+        }
+    }
+}
+
+// Gate z_b = h_b gate_g, then (LN) the layer norm y = z ln_scale / (mean_C sqrt(|z|^2 + eps^2) + eps).
+// ``work``: 4 C scratch values (the row's gates).
+template <typename T, bool GATED, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+DH_INLINE void gate_norm_forward(const T* h, const T* scale, const T* shift, const T* ln_scale, T* out, T* work,
+                                 int64_t stride, int64_t rows, int64_t C, T eps) {
+    const T eps2 = eps * eps;
+    for (int64_t r = 0; r < rows; ++r) {
+        T rr = 1;
+        if (LN) {
+            V msum = {};
+            over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+                V hv[8], n2[4], inv[4], gate[4], z2 = V{} + eps2;
+                load8(h + r * C + ch, stride, n, hv);
+                gate_of<T, GATED, SQUARED>(hv, scale + ch, shift + ch, C, n, eps2, n2, inv, gate);
+                DH_UNROLL for (int g = 0; g < 4; ++g) {
+                    z2 += gate[g] * gate[g] * n2[g];
+                    store(work + g * C + ch, gate[g], n);
+                }
+                msum += vsqrt<T>(z2) * lane_mask<T>(n);
+            });
+            rr = T(1) / (lane_sum<T>(msum) / T(C) + eps);
+        }
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * C + ch;
+            V hv[8], n2[4], inv[4], gate[4];
+            load8(h + at, stride, n, hv);
+            if (LN) {
+                const V f = load(ln_scale + ch, n) * rr;
+                DH_UNROLL for (int g = 0; g < 4; ++g) gate[g] = load(work + g * C + ch, n) * f;
+            } else {
+                gate_of<T, GATED, SQUARED>(hv, scale + ch, shift + ch, C, n, eps2, n2, inv, gate);
+            }
+            DH_UNROLL for (int b = 0; b < 8; ++b) store(out + b * stride + at, hv[b] * gate[GRADE[b]], n);
+        });
+    }
+}
+
+// Backward of gate_norm_forward: grad_h written; grad_scale, grad_shift [4, C] and grad_ln [C] accumulated.
+// ``work``: 18 C scratch values.
+template <typename T, bool GATED, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+DH_INLINE void gate_norm_backward(const T* grad, const T* h, const T* scale, const T* shift, const T* ln_scale,
+                                  T* grad_h, T* grad_scale, T* grad_shift, T* grad_ln, T* work, int64_t stride,
+                                  int64_t rows, int64_t C, T eps) {
+    const T eps2 = eps * eps;
+    // scratch per channel: n2 [4], inv [4], gate [4], e [4] (sum over a grade's blades of gy_b h_b), m, d
+    T *w_n2 = work, *w_inv = work + 4 * C, *w_gate = work + 8 * C, *w_e = work + 12 * C, *w_m = work + 16 * C,
+      *w_d = work + 17 * C;
+    for (int64_t r = 0; r < rows; ++r) {
+        V msum = {}, dsum = {};
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * C + ch;
+            V hv[8], gv[8], n2[4], inv[4], gate[4], e[4] = {}, z2 = V{} + eps2, d = {};
+            load8(h + at, stride, n, hv);
+            load8(grad + at, stride, n, gv);
+            gate_of<T, GATED, SQUARED>(hv, scale + ch, shift + ch, C, n, eps2, n2, inv, gate);
+            DH_UNROLL for (int b = 0; b < 8; ++b) e[GRADE[b]] += gv[b] * hv[b];
+            DH_UNROLL for (int g = 0; g < 4; ++g) {
+                z2 += gate[g] * gate[g] * n2[g];
+                d += gate[g] * e[g];  // sum_b gy_b z_b
+                store(w_n2 + g * C + ch, n2[g], n);
+                store(w_inv + g * C + ch, inv[g], n);
+                store(w_gate + g * C + ch, gate[g], n);
+                store(w_e + g * C + ch, e[g], n);
+            }
+            const V m = vsqrt<T>(z2);
+            store(w_m + ch, m, n);
+            store(w_d + ch, d, n);
+            msum += m * lane_mask<T>(n);
+            if (LN) dsum += d * load(ln_scale + ch, n);  // zero on missing lanes
+        });
+        // dL/dz_b = gy_b f + z_b coef / m, f = ln_scale rr, coef = -rr^2 / C sum_C ln_scale sum_b gy_b z_b
+        const T rr = LN ? T(1) / (lane_sum<T>(msum) / T(C) + eps) : T(1);
+        const T coef = LN ? -rr * rr * lane_sum<T>(dsum) / T(C) : T(0);
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * C + ch;
+            V hv[8], gv[8], f1[4], f2[4], dinv0 = {};
+            load8(h + at, stride, n, hv);
+            load8(grad + at, stride, n, gv);
+            const V f = LN ? load(ln_scale + ch, n) * rr : V{} + T(1);
+            const V coef_m = LN ? coef / load(w_m + ch, n) : V{};
+            if (LN) store(grad_ln + ch, load(grad_ln + ch, n) + load(w_d + ch, n) * rr, n);
+            DH_UNROLL for (int g = 0; g < 4; ++g) {
+                if (!GATED) {
+                    f1[g] = f;
+                    f2[g] = coef_m;
+                    continue;
+                }
+                const V gate = load(w_gate + g * C + ch, n), inv = load(w_inv + g * C + ch, n);
+                // d_g = sum_{b in g} dL/dz_b h_b, then through the sigmoid and the invariant
+                const V dz = f * load(w_e + g * C + ch, n) + gate * coef_m * load(w_n2 + g * C + ch, n);
+                const V dpre = dz * gate * (T(1) - gate);
+                store(grad_shift + g * C + ch, load(grad_shift + g * C + ch, n) + dpre, n);
+                store(grad_scale + g * C + ch, load(grad_scale + g * C + ch, n) + dpre * inv, n);
+                const V dinv = dpre * load(scale + g * C + ch, n);
+                f1[g] = gate * f;
+                f2[g] = gate * gate * coef_m;
+                if (g == 0)
+                    dinv0 = dinv;
+                else
+                    f2[g] += SQUARED ? T(2) * dinv : dinv / inv;
+            }
+            DH_UNROLL for (int b = 0; b < 8; ++b) {
+                const V gh = gv[b] * f1[GRADE[b]] + hv[b] * f2[GRADE[b]];
+                store(grad_h + b * stride + at, b == 0 ? gh + dinv0 : gh, n);
+            }
+        });
+    }
+}
+
+template <typename T>
+DH_INLINE void gate_norm_forward_any(int flags, const T* h, const T* scale, const T* shift, const T* ln_scale, T* out,
+                                     int64_t stride, int64_t rows, int64_t C, T eps) {
+    std::vector<T> work(4 * C);
+#define DH_CASE(G, L, S)                                                                                 \
+    case (G) | (L) << 1 | (S) << 2:                                                                      \
+        return gate_norm_forward<T, G, L, S>(h, scale, shift, ln_scale, out, work.data(), stride, rows, C, eps);
+    switch (flags) {
+        DH_CASE(1, 1, 0) DH_CASE(1, 1, 1) DH_CASE(1, 0, 0) DH_CASE(1, 0, 1) DH_CASE(0, 1, 0)
+    }
+#undef DH_CASE
+}
+
+template <typename T>
+DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, const T* scale, const T* shift,
+                                      const T* ln_scale, T* grad_h, T* grad_scale, T* grad_shift, T* grad_ln,
+                                      int64_t stride, int64_t rows, int64_t C, T eps) {
+    std::vector<T> work(18 * C);
+#define DH_CASE(G, L, S)                                                                                             \
+    case (G) | (L) << 1 | (S) << 2:                                                                                  \
+        return gate_norm_backward<T, G, L, S>(grad, h, scale, shift, ln_scale, grad_h, grad_scale, grad_shift,      \
+                                              grad_ln, work.data(), stride, rows, C, eps);
+    switch (flags) {
+        DH_CASE(1, 1, 0) DH_CASE(1, 1, 1) DH_CASE(1, 0, 0) DH_CASE(1, 0, 1) DH_CASE(0, 1, 0)
+    }
+#undef DH_CASE
+}
+
+}  // namespace
+
+// The exported symbols, one per dtype (f32, f64), called through ctypes (native.py). flags: 1 gated, 2 layer norm,
+// 4 squared-norm invariant.
+#define DH_EXPORT(T, SUFFIX)                                                                                        \
+    extern "C" DH_CLONES void product_forward_##SUFFIX(const T* a, const T* x, const T* c, const T* s,               \
+                                                       const T* skip, T* out, int64_t stride, int64_t rows,          \
+                                                       int64_t C, double eps2) {                                     \
+        product_forward<T>(a, x, c, s, skip, out, stride, rows, C, T(eps2));                                         \
+    }                                                                                                                \
+    extern "C" DH_CLONES void product_backward_##SUFFIX(const T* grad, const T* a, const T* x, const T* c,           \
+                                                        const T* s, T* grad_a, T* grad_x, T* grad_c, T* grad_s,     \
+                                                        int64_t stride, int64_t rows, int64_t C, double eps2) {      \
+        if (grad_c)                                                                                                  \
+            product_backward<T, true>(grad, a, x, c, s, grad_a, grad_x, grad_c, grad_s, stride, rows, C, T(eps2));   \
+        else                                                                                                         \
+            product_backward<T, false>(grad, a, x, c, s, grad_a, grad_x, grad_c, grad_s, stride, rows, C, T(eps2));  \
+    }                                                                                                                \
+    extern "C" DH_CLONES void gate_norm_forward_##SUFFIX(int flags, const T* h, const T* scale, const T* shift,      \
+                                                         const T* ln_scale, T* out, int64_t stride, int64_t rows,    \
+                                                         int64_t C, double eps) {                                    \
+        gate_norm_forward_any<T>(flags, h, scale, shift, ln_scale, out, stride, rows, C, T(eps));                    \
+    }                                                                                                                \
+    extern "C" DH_CLONES void gate_norm_backward_##SUFFIX(int flags, const T* grad, const T* h, const T* scale,      \
+                                                          const T* shift, const T* ln_scale, T* grad_h,              \
+                                                          T* grad_scale, T* grad_shift, T* grad_ln, int64_t stride,  \
+                                                          int64_t rows, int64_t C, double eps) {                     \
+        gate_norm_backward_any<T>(flags, grad, h, scale, shift, ln_scale, grad_h, grad_scale, grad_shift, grad_ln,   \
+                                  stride, rows, C, T(eps));                                                          \
+    }
+
+DH_EXPORT(float, f32)
+DH_EXPORT(double, f64)

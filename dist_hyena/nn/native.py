@@ -1,0 +1,204 @@
+"""The fused passes of ``fused.py`` compiled for the CPU: ``native.cpp``, built on first use, called through ctypes.
+
+On CPU tensors the eager passes are bound by per-op overhead and memory traffic (the product's backward alone is
+about ten passes over ``[64, rows, C]`` buffers); the compiled loops keep one (row, channel) pair's blades in
+registers and make one pass. The build needs only a C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``),
+takes a few seconds, and is cached by the hash of the source, the flags and the compiler in
+``$DIST_HYENA_CACHE`` (default ``~/.cache/dist_hyena``): ranks that build at once each write their own file and
+rename it into place. Without a compiler, or with ``DIST_HYENA_NATIVE=0``, the layers run the eager passes (a
+warning says why, once); ``DIST_HYENA_NATIVE=1`` makes a failed build an error. GPUs always run the eager passes.
+
+With more than one torch thread, rows are split across threads (ctypes releases the GIL during each call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from . import algebra
+
+SOURCE = Path(__file__).with_name("native.cpp")
+FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno", "-Wno-psabi")
+ENV = "DIST_HYENA_NATIVE"
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+# Below this many (row, channel) pairs a call is not split across threads.
+_PARALLEL_MIN = 1 << 15
+
+
+def _defines() -> list[str]:
+    """The product's index table and the blades' grades from the algebra, as the source's compile-time constants."""
+    right = [[j for j, _ in row] for row in algebra.product_terms()]
+    rows = ",".join("{" + ",".join(map(str, r)) + "}" for r in right)
+    return [f"-DDH_RIGHT={{{rows}}}", f"-DDH_GRADE={{{','.join(map(str, algebra.GRADES))}}}"]
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DIST_HYENA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(root) / ("" if os.environ.get("DIST_HYENA_CACHE") else "dist_hyena")
+
+
+def build() -> Path:
+    """Compile ``native.cpp`` (once per source, flags and compiler) and return the shared library's path."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    command = [cxx, *FLAGS, *_defines()]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *command[1:], version, platform.machine()]).encode())
+    target = cache_dir() / f"native-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=target.stem + ".", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([*command, str(SOURCE), "-o", partial], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[:2])} ... {SOURCE} failed:\n{done.stderr[-2000:]}")
+        os.replace(partial, target)  # complete or absent: a concurrent build renames an identical file
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they are switched off or cannot be built (then the eager passes run)."""
+    mode = os.environ.get(ENV, "")
+    if mode == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (OSError, RuntimeError) as err:
+        if mode == "1":
+            raise RuntimeError(f"{ENV}=1 but the native kernels could not be built: {err}") from err
+        warnings.warn(f"dist_hyena: the Clifford layers run their eager passes, slower on CPU ({err}); "
+                      f"{ENV}=0 silences this", RuntimeWarning, stacklevel=2)
+        return None
+    p, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    for suffix in _DTYPES.values():
+        getattr(lib, f"product_forward_{suffix}").argtypes = [p] * 6 + [i64, i64, i64, f64]
+        getattr(lib, f"product_backward_{suffix}").argtypes = [p] * 9 + [i64, i64, i64, f64]
+        getattr(lib, f"gate_norm_forward_{suffix}").argtypes = [i32] + [p] * 5 + [i64, i64, i64, f64]
+        getattr(lib, f"gate_norm_backward_{suffix}").argtypes = [i32] + [p] * 9 + [i64, i64, i64, f64]
+    return lib
+
+
+def supports(x: torch.Tensor) -> bool:
+    """Whether the compiled kernels take this operand (and its kind of partners): CPU, float32 or float64."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES and library() is not None
+
+
+def _ptr(t: torch.Tensor | None, row0: int = 0, channels: int = 0):
+    return None if t is None else t.data_ptr() + row0 * channels * t.element_size()
+
+
+def _row_parts(rows: int, channels: int) -> list[tuple[int, int]]:
+    threads = torch.get_num_threads()
+    if threads == 1 or rows * channels < _PARALLEL_MIN:
+        return [(0, rows)]
+    step = -(-rows // threads)
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="dist_hyena-native")
+
+
+def _over_rows(rows: int, channels: int, call, accumulators: list[torch.Tensor | None]) -> None:
+    """Run ``call(row0, row1, accumulators)`` over parts of the rows, in parallel with several torch threads;
+    each part but the first accumulates its parameter gradients into its own zeroed copies, summed at the end."""
+    parts = _row_parts(rows, channels)
+    if len(parts) == 1:
+        call(0, rows, accumulators)
+        return
+    own = [accumulators] + [[None if t is None else torch.zeros_like(t) for t in accumulators] for _ in parts[1:]]
+    list(_pool(len(parts)).map(lambda p: call(*p[0], p[1]), zip(parts, own, strict=True)))
+    for extra in own[1:]:
+        for total, part in zip(accumulators, extra, strict=True):
+            if total is not None:
+                total += part
+
+
+def _fn(name: str, x: torch.Tensor):
+    return getattr(library(), f"{name}_{_DTYPES[x.dtype]}")
+
+
+def product_forward(a, x, c, s, skip, eps2: float) -> torch.Tensor:
+    """``skip + GP_c(a, normalise_s(x))`` (``fused.NormalisedProduct``) on ``[8, rows, C]`` operands."""
+    a, x, c, s, skip = (t.contiguous() for t in (a, x, c, s, skip))
+    out = torch.empty_like(a)
+    _, rows, channels = a.shape
+    fn = _fn("product_forward", a)
+    _over_rows(rows, channels, lambda r0, r1, _: fn(
+        _ptr(a, r0, channels), _ptr(x, r0, channels), _ptr(c), _ptr(s), _ptr(skip, r0, channels),
+        _ptr(out, r0, channels), rows * channels, r1 - r0, channels, eps2), [])
+    return out
+
+
+def product_backward(grad, a, x, c, s, eps2: float, need_params: bool):
+    """Gradients of :func:`product_forward` for a, x and (``need_params``) c, s; None for those not asked for."""
+    grad, a, x, c, s = (t.contiguous() for t in (grad, a, x, c, s))
+    grad_a, grad_x = torch.empty_like(a), torch.empty_like(x)
+    grad_c, grad_s = (torch.zeros_like(c), torch.zeros_like(s)) if need_params else (None, None)
+    _, rows, channels = a.shape
+    fn = _fn("product_backward", a)
+    _over_rows(rows, channels, lambda r0, r1, acc: fn(
+        _ptr(grad, r0, channels), _ptr(a, r0, channels), _ptr(x, r0, channels), _ptr(c), _ptr(s),
+        _ptr(grad_a, r0, channels), _ptr(grad_x, r0, channels), _ptr(acc[0]), _ptr(acc[1]),
+        rows * channels, r1 - r0, channels, eps2), [grad_c, grad_s])
+    return grad_a, grad_x, grad_c, grad_s
+
+
+def _flags(scale, ln_scale, squared: bool) -> int:
+    """1 gated, 2 layer norm, 4 squared-norm invariant (meaningful with a gate only)."""
+    gated = scale is not None
+    return gated | (ln_scale is not None) << 1 | (gated and bool(squared)) << 2
+
+
+def gate_norm_forward(h, scale, shift, ln_scale, squared: bool, eps: float) -> torch.Tensor:
+    """The gate and the layer norm (``fused.GateNorm``) on ``[8, rows, C]``; ``scale, shift [4, C]`` and
+    ``ln_scale [C]`` or None."""
+    h, scale, shift, ln_scale = (None if t is None else t.contiguous() for t in (h, scale, shift, ln_scale))
+    out = torch.empty_like(h)
+    _, rows, channels = h.shape
+    fn, flags = _fn("gate_norm_forward", h), _flags(scale, ln_scale, squared)
+    _over_rows(rows, channels, lambda r0, r1, _: fn(
+        flags, _ptr(h, r0, channels), _ptr(scale), _ptr(shift), _ptr(ln_scale), _ptr(out, r0, channels),
+        rows * channels, r1 - r0, channels, eps), [])
+    return out
+
+
+def gate_norm_backward(grad, h, scale, shift, ln_scale, squared: bool, eps: float):
+    """Gradients of :func:`gate_norm_forward` for h, scale, shift and ln_scale (None where those are None)."""
+    grad, h, scale, shift, ln_scale = (None if t is None else t.contiguous() for t in (grad, h, scale, shift, ln_scale))
+    grad_h = torch.empty_like(h)
+    grads = [None if t is None else torch.zeros_like(t) for t in (scale, shift, ln_scale)]
+    _, rows, channels = h.shape
+    fn, flags = _fn("gate_norm_backward", h), _flags(scale, ln_scale, squared)
+    _over_rows(rows, channels, lambda r0, r1, acc: fn(
+        flags, _ptr(grad, r0, channels), _ptr(h, r0, channels), _ptr(scale), _ptr(shift), _ptr(ln_scale),
+        _ptr(grad_h, r0, channels), _ptr(acc[0]), _ptr(acc[1]), _ptr(acc[2]), rows * channels, r1 - r0, channels,
+        eps), grads)
+    return grad_h, *grads

@@ -1,0 +1,100 @@
+"""The compiled CPU kernels (dist_hyena/nn/native.cpp) against the eager passes they replace, and their build."""
+
+import warnings
+
+import pytest
+import torch
+
+from dist_hyena.nn import fused, native
+
+
+def _run(dtype, rows, channels, gated, ln, squared):
+    """The product, then the gate and layer norm, forward and backward: output and every input's gradient."""
+    g = torch.Generator().manual_seed(1)
+
+    def t(*shape, rand=torch.randn):
+        return rand(*shape, dtype=dtype, generator=g).requires_grad_()
+
+    a, x, skip, c = t(8, rows, channels), t(8, rows, channels), t(8, rows, channels), t(8, 8, channels)
+    s = t(4, channels, rand=torch.rand)
+    scale, shift = (t(4, channels), t(4, channels)) if gated else (None, None)
+    ln_scale = t(channels) if ln else None
+    y = fused.GateNorm.apply(fused.NormalisedProduct.apply(a, x, c, s, skip), scale, shift, ln_scale, squared)
+    inputs = [v for v in (a, x, c, s, skip, scale, shift, ln_scale) if v is not None]
+    return [y.detach(), *torch.autograd.grad(y, inputs, torch.randn(y.shape, dtype=dtype, generator=g))]
+
+
+CASES = [(True, True, False), (True, True, True), (True, False, False), (True, False, True), (False, True, False)]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 5e-6)])
+@pytest.mark.parametrize("gated, ln, squared", CASES)
+@pytest.mark.parametrize("channels", [8, 13, 3])  # whole packs, a partial last pack, a partial pack only
+def test_native_equals_the_eager_passes(monkeypatch, dtype, tol, gated, ln, squared, channels):
+    """Values and gradients of both kernels equal the eager passes' (relative to each tensor's largest entry), for
+    every gate / layer-norm combination and channel counts that do and do not fill the vector packs."""
+    results = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv(native.ENV, mode)
+        native.library.cache_clear()
+        results[mode] = _run(dtype, 37, channels, gated, ln, squared)
+    native.library.cache_clear()
+    for eager, compiled in zip(results["0"], results["1"], strict=True):
+        assert ((compiled - eager).abs().max() / eager.abs().max()).item() < tol
+
+
+def test_rows_split_across_threads_give_the_same_result(monkeypatch):
+    """With several torch threads the rows are split into parts, each accumulating its own parameter gradients:
+    the result equals one part's up to the order of the sums."""
+    monkeypatch.setenv(native.ENV, "1")
+    native.library.cache_clear()
+    one = _run(torch.float64, 50, 6, True, True, False)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(native, "_PARALLEL_MIN", 1)
+    try:
+        torch.set_num_threads(3)
+        assert len(native._row_parts(50, 6)) == 3
+        split = _run(torch.float64, 50, 6, True, True, False)
+    finally:
+        torch.set_num_threads(threads)
+        native.library.cache_clear()
+    for u, v in zip(one, split, strict=True):
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-14)
+
+
+def test_a_failed_build_falls_back_or_fails_as_asked(monkeypatch, tmp_path):
+    """No working compiler: the layers warn once and run the eager passes; with DIST_HYENA_NATIVE=1 the failure is
+    an error that names the setting. Nothing half-written is left in the cache."""
+    monkeypatch.setenv("DIST_HYENA_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a 'compiler' that always fails
+    monkeypatch.setenv(native.ENV, "")
+    native.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="eager passes"):
+            assert native.library() is None
+        x = torch.randn(8, 4, 3)
+        assert not native.supports(x)
+        monkeypatch.setenv(native.ENV, "1")
+        native.library.cache_clear()
+        with pytest.raises(RuntimeError, match="DIST_HYENA_NATIVE=1 but the native kernels could not be built"):
+            native.library()
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        native.library.cache_clear()
+
+
+def test_the_build_is_cached_and_switchable(monkeypatch, tmp_path):
+    """One build per source and compiler, reused by the next process; DIST_HYENA_NATIVE=0 switches it off."""
+    monkeypatch.setenv("DIST_HYENA_CACHE", str(tmp_path))
+    path = native.build()
+    assert path.parent == tmp_path and path.suffix == ".so"
+    mtime = path.stat().st_mtime_ns
+    assert native.build() == path and path.stat().st_mtime_ns == mtime
+    monkeypatch.setenv(native.ENV, "0")
+    native.library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not native.supports(torch.randn(8, 2, 2))
+    finally:
+        native.library.cache_clear()
