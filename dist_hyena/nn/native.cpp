@@ -29,6 +29,18 @@ namespace {
 constexpr int RIGHT[8][8] = DH_RIGHT;
 constexpr int GRADE[8] = DH_GRADE;
 
+// LEFT[k][j]: the i with RIGHT[k][i] = j (each product of blades is one blade, so it exists and is unique).
+struct Table {
+    int at[8][8];
+};
+constexpr Table invert(const int (&right)[8][8]) {
+    Table t{};
+    for (int k = 0; k < 8; ++k)
+        for (int i = 0; i < 8; ++i) t.at[k][right[k][i]] = i;
+    return t;
+}
+constexpr Table LEFT = invert(RIGHT);
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 // One build runs on any x86-64 and uses AVX2 + FMA where the CPU has them (chosen once, at load).
 #define DH_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -82,10 +94,40 @@ DH_INLINE typename Lanes<T>::V vsqrt(typename Lanes<T>::V v) {
     return v;
 }
 
+// exp per lane: std::exp for doubles (the tests' precision); for floats Cephes' expf on the whole pack (the same
+// range reduction and polynomial, ~1 ulp; scalar expf calls were most of the gate's time).
+template <typename T>
+DH_INLINE typename Lanes<T>::V vexp(typename Lanes<T>::V v) {
+    DH_UNROLL for (int l = 0; l < Lanes<T>::N; ++l) v[l] = std::exp(v[l]);
+    return v;
+}
+
+template <>
+DH_INLINE Lanes<float>::V vexp<float>(Lanes<float>::V v) {
+    typedef Lanes<float>::V V;
+    typedef int32_t I __attribute__((vector_size(32)));
+    v = v > 88.3762626647949f ? 88.3762626647949f : v;
+    v = v < -87.3365447504019f ? -87.3365447504019f : v;
+    const V t = v * 1.44269504088896341f + 0.5f;  // n = floor(x / ln 2 + 1/2)
+    const I ti = __builtin_convertvector(t, I);
+    const V n = __builtin_convertvector(ti, V) + __builtin_convertvector(__builtin_convertvector(ti, V) > t, V);
+    const V r = v - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln 2 in two parts
+    V p = V{} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const I scale = (__builtin_convertvector(n, I) + 127) << 23;  // 2^n
+    V s;
+    std::memcpy(&s, &scale, sizeof s);
+    return p * s;
+}
+
 template <typename T>
 DH_INLINE typename Lanes<T>::V vsigmoid(typename Lanes<T>::V v) {
-    DH_UNROLL for (int l = 0; l < Lanes<T>::N; ++l) v[l] = T(1) / (T(1) + std::exp(-v[l]));
-    return v;
+    return T(1) / (T(1) + vexp<T>(-v));
 }
 
 // 1 on the first n lanes, 0 on the others.
@@ -144,20 +186,31 @@ DH_INLINE void product_backward(const T* grad, const T* a, const T* x, const T* 
     for (int64_t r = 0; r < rows; ++r) {
         over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
             const int64_t at = r * C + ch;
-            V av[8], xv[8], bv[8], gv[8], norm[4], inv[4], ga[8] = {}, gb[8] = {};
+            V av[8], xv[8], bv[8], gv[8], norm[4], inv[4], gb[8];
             load8(a + at, stride, n, av);
             load8(x + at, stride, n, xv);
             load8(grad + at, stride, n, gv);
             normalise<T>(xv, s + ch, C, n, eps2, norm, inv, bv);
-            DH_UNROLL for (int k = 0; k < 8; ++k) {
-                DH_UNROLL for (int i = 0; i < 8; ++i) {
-                    const int j = RIGHT[k][i];
-                    const V w = load(c + (k * 8 + i) * C + ch, n) * gv[k];
-                    ga[i] += w * bv[j];
-                    gb[j] += w * av[i];
-                    if (NEED_PARAMS) {
+            // One sum at a time (fewer live registers than accumulating all 16 together): grad_a_i = sum_k
+            // c[k, i] g_k b_RIGHT[k][i], grad_b_j = sum_k c[k, LEFT[k][j]] g_k a_LEFT[k][j].
+            DH_UNROLL for (int i = 0; i < 8; ++i) {
+                V acc = {};
+                DH_UNROLL for (int k = 0; k < 8; ++k) acc += load(c + (k * 8 + i) * C + ch, n) * gv[k] * bv[RIGHT[k][i]];
+                store(grad_a + i * stride + at, acc, n);
+            }
+            DH_UNROLL for (int j = 0; j < 8; ++j) {
+                V acc = {};
+                DH_UNROLL for (int k = 0; k < 8; ++k) {
+                    const int i = LEFT.at[k][j];
+                    acc += load(c + (k * 8 + i) * C + ch, n) * gv[k] * av[i];
+                }
+                gb[j] = acc;
+            }
+            if (NEED_PARAMS) {
+                DH_UNROLL for (int k = 0; k < 8; ++k) {
+                    DH_UNROLL for (int i = 0; i < 8; ++i) {
                         T* p = grad_c + (k * 8 + i) * C + ch;
-                        store(p, load(p, n) + gv[k] * av[i] * bv[j], n);
+                        store(p, load(p, n) + gv[k] * av[i] * bv[RIGHT[k][i]], n);
                     }
                 }
             }
@@ -169,10 +222,7 @@ DH_INLINE void product_backward(const T* grad, const T* a, const T* x, const T* 
                 if (NEED_PARAMS) store(grad_s + g * C + ch, load(grad_s + g * C + ch, n) - u[g] * (norm[g] - T(1)), n);
                 u[g] *= load(s + g * C + ch, n) / norm[g];
             }
-            DH_UNROLL for (int b = 0; b < 8; ++b) {
-                store(grad_a + b * stride + at, ga[b], n);
-                store(grad_x + b * stride + at, gb[b] * inv[GRADE[b]] - xv[b] * u[GRADE[b]], n);
-            }
+            DH_UNROLL for (int b = 0; b < 8; ++b) store(grad_x + b * stride + at, gb[b] * inv[GRADE[b]] - xv[b] * u[GRADE[b]], n);
         });
     }
 }

@@ -78,7 +78,9 @@ def build_optimizer(params, optim: OptimSection, cpu_offload: bool) -> torch.opt
     if optim.name == "sgd":
         return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     cls = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    # fused: one kernel over all tensors instead of ~10 ops per parameter tensor (CPU and CUDA; at ZeRO 0 the small
+    # models' hundreds of tensors made the for-loop Adam ~20% of an n-body step)
+    return cls(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, fused=True)
 
 
 def micro_batch_size(cfg: TrainConfig, dp: int) -> int:
