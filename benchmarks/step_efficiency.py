@@ -11,7 +11,8 @@ FLOPs are the step's *useful* floating-point work, the same number for both tree
 channel (2 FLOP each, 3x for forward and backward), which run as elementwise multiply-adds and which the counter
 does not see. (The dense product of earlier releases did 8x more matrix-product work for the same result: its
 counter total, ``counted_flop_per_token``, is reported per tree but is not useful work.) The matmul rate is a
-1024 x 1024 float32 matrix product timed in the same process, same threads.
+1024 x 1024 float32 matrix product timed in the same process, same threads. The optimizer is torch's fused Adam
+(what the trainer builds) for both trees, so the comparison is the model's step.
 
     python benchmarks/step_efficiency.py --against v0.1.0   # writes results/step_efficiency.{json,png}
     python benchmarks/step_efficiency.py --quick            # smoke run (results in a temp dir)
@@ -88,7 +89,7 @@ def measure(point: dict) -> dict:
     cfg = dist_hyena.HyenaConfig(**keys, **({"vector_in": 1, "scalar_in": POSITION_DIM} if recall else {}))
     torch.manual_seed(0)
     model = dist_hyena.SE3HyenaModel(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # the trainer's Adam, for both trees
     x, f = torch.randn(batch, n, cfg.vector_in, 3), torch.randn(batch, n, cfg.scalar_in)
 
     def loss():

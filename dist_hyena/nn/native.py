@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,8 @@ def build() -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[dist_hyena] compiling the Clifford layers' CPU kernels into {target} (once per machine, ~10 s)",
+          file=sys.stderr, flush=True)
     fd, partial = tempfile.mkstemp(prefix=target.stem + ".", suffix=".partial", dir=target.parent)
     os.close(fd)
     try:
