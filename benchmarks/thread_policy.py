@@ -90,12 +90,14 @@ def main() -> None:
         return
     policies = POLICIES
     if args.quick:
-        args.long_tokens, args.budget_s, args.rounds = 256, 0.3, 1
+        args.budget_s, args.rounds = 0.3, 1
         policies = {k: POLICIES[k] for k in ("package default", "1 thread")}
     args.out = harness.results_dir(args)
     workloads = {"default run (100 x 5 tokens)": {"batch": 100, "tokens": 5, "token_chunk": None},
                  f"long sequence ({args.long_tokens} tokens)": {"batch": 1, "tokens": args.long_tokens,
                                                                  "token_chunk": 1024}}
+    if args.quick:  # the smoke run: every policy and load, one workload (each point is a fresh interpreter)
+        workloads = dict(list(workloads.items())[:1])
     runs = []
     for round_ in range(args.rounds):  # interleaved: a drift in the machine's load shows up in every setting
         for workload, shape in workloads.items():

@@ -41,7 +41,7 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         assert all(r["forward_s"] > 0 and r["forward_backward_peak_bytes"] > 0 for r in payload["runs"])
     if name == "thread_policy":
         assert {(s["policy"], s["workload"][:7]) for s in payload["summary"]} == {
-            (p, w) for p in ("package default", "1 thread") for w in ("default", "long se")}
+            (p, "default") for p in ("package default", "1 thread")}
         assert all(s["alone_steps_per_s"] > 0 and s["beside_busy_steps_per_s"] > 0 for s in payload["summary"])
         assert {s["threads"] for s in payload["summary"] if s["policy"] == "1 thread"} == {1}
     if name == "step_efficiency":
