@@ -64,8 +64,9 @@ def test_rows_split_across_threads_give_the_same_result(monkeypatch):
 
 
 def test_a_failed_build_falls_back_or_fails_as_asked(monkeypatch, tmp_path):
-    """No working compiler: the layers warn once and run the eager passes; with DIST_HYENA_NATIVE=1 the failure is
-    an error that names the setting. Nothing half-written is left in the cache."""
+    """No working compiler, or a cache folder that cannot be made: the layers warn once, naming the cause, and run
+    the eager passes; with DIST_HYENA_NATIVE=1 the failure is an error that names the setting. Nothing half-written
+    is left in the cache."""
     monkeypatch.setenv("DIST_HYENA_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a 'compiler' that always fails
     monkeypatch.setenv(native.ENV, "")
@@ -80,6 +81,14 @@ def test_a_failed_build_falls_back_or_fails_as_asked(monkeypatch, tmp_path):
         with pytest.raises(RuntimeError, match="DIST_HYENA_NATIVE=1 but the native kernels could not be built"):
             native.library()
         assert list(tmp_path.iterdir()) == []
+        blocked = tmp_path / "not-a-folder"  # a cache that cannot be created: a file where the folder should be
+        blocked.write_text("")
+        monkeypatch.setenv("DIST_HYENA_CACHE", str(blocked))
+        monkeypatch.delenv("CXX")
+        monkeypatch.setenv(native.ENV, "")
+        native.library.cache_clear()
+        with pytest.warns(RuntimeWarning, match="not-a-folder"):
+            assert native.library() is None
     finally:
         native.library.cache_clear()
 
