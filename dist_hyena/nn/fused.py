@@ -2,9 +2,11 @@
 
 The layers' elementwise work (the geometric product, the product's input normalisation, the gate, the layer norm)
 is memory-bound: as separate autograd ops every one of them is a full pass over ``[8, rows, C]`` tensors out of
-cache, keeps its own inputs for backward and runs autograd's generic backward. Here each Function runs over
-chunks of rows small enough for a chunk's temporaries to stay in cache, keeps only its inputs (backward recomputes
-the cheap intermediates chunk by chunk) and writes its gradients by hand. Device-agnostic: plain tensor ops only.
+cache, keeps its own inputs for backward and runs autograd's generic backward. Here each Function keeps only its
+inputs (backward recomputes the cheap intermediates) and writes its gradients by hand. On CPU tensors both
+directions call the compiled kernels of ``native.py`` (one pass, a few channels' blades in registers); elsewhere
+(GPUs, no compiler, ``DIST_HYENA_NATIVE=0``) they run the eager passes below: plain tensor ops over chunks of rows
+small enough for a chunk's temporaries to stay in cache.
 
 Blade-major operands ``[8, rows, C]``: blade b of all rows and channels is one matrix; the grades are the blade
 ranges 0 | 1-3 | 4-6 | 7 (``algebra.GRADES``).
