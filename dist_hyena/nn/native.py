@@ -1,7 +1,7 @@
 """The fused passes of ``fused.py`` compiled for the CPU: ``native.cpp``, built on first use, called through ctypes.
 
 On CPU tensors the eager passes are bound by per-op overhead and memory traffic (the product's backward alone is
-about ten passes over ``[64, rows, C]`` buffers); the compiled loops keep one (row, channel) pair's blades in
+about ten passes over ``[64, rows, C]`` buffers); the compiled loops keep the blades of a pack of channels in
 registers and make one pass. The build needs only a C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``),
 takes a few seconds, and is cached by the hash of the source, the flags and the compiler in
 ``$DIST_HYENA_CACHE`` (default ``~/.cache/dist_hyena``): ranks that build at once each write their own file and
@@ -53,8 +53,10 @@ def _compiler() -> str | None:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DIST_HYENA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return Path(root) / ("" if os.environ.get("DIST_HYENA_CACHE") else "dist_hyena")
+    """``$DIST_HYENA_CACHE``, else ``$XDG_CACHE_HOME/dist_hyena`` (``~/.cache/dist_hyena``)."""
+    if os.environ.get("DIST_HYENA_CACHE"):
+        return Path(os.environ["DIST_HYENA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dist_hyena"
 
 
 def build() -> Path:
