@@ -80,6 +80,7 @@ TABLES: dict[str, tuple[str | tuple[str, ...], Callable[..., str]]] = {
                     "local_cost_1m_before/longest_context.json", "local_cost_1m/longest_context.json",
                     "local_cost_1m_sp2/longest_context.json"), _from("longest_context", "local_cost")),
     "thread_policy": ("thread_policy.json", _from("thread_policy", "summary")),
+    "thread_policy.kernels": ("thread_policy_kernels/thread_policy.json", _from("thread_policy", "summary")),
     "md_training": ("md_training.json", _from("md_throughput", "training")),
     "md_throughput": ("md_throughput.json", _from("md_throughput", "throughput")),
     "md_local_rule": (("md_local_rule_recipe.json", "md_local_rule_before.json"), _from("md_local_rule", "rule")),
