@@ -46,7 +46,9 @@ def _operands(layer, x):
     """The layer's operands and term weights in the earlier releases' channel-major layout ([..., o, 8])."""
     a, b = (t.movedim(0, -1) for t in (layer.left(x), layer._normalise(layer.right(x))))
     right, left = _sparse_tables()
-    coef = (layer.sign[..., None] * layer.path_weight[layer.path]).permute(2, 0, 1)  # [o, k, i]
+    from dist_hyena.nn import fused
+
+    coef = fused.coefficients(layer.path_weight).permute(2, 0, 1)  # [o, k, i]
     return a, b, coef, right, left
 
 

@@ -62,6 +62,18 @@ def grade_paths() -> tuple[tuple[int, int, int], ...]:
                          for i, (j, _) in enumerate(row)}))
 
 
+@functools.cache
+def term_paths() -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """[8 (k)][8 (i)]: the sign of each term blade_i blade_j(k, i) = ±blade_k of the product and the index of its
+    grade path (g_i, g_j, g_k) in :func:`grade_paths`."""
+    paths = {p: n for n, p in enumerate(grade_paths())}
+    terms = product_terms()
+    sign = tuple(tuple(s for _, s in row) for row in terms)
+    path = tuple(tuple(paths[GRADES[i], GRADES[j], GRADES[k]] for i, (j, _) in enumerate(row))
+                 for k, row in enumerate(terms))
+    return sign, path
+
+
 def cayley_table(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """``C[i, j, k]``: the coefficient of blade k in blade_i * blade_j. Shape ``[8, 8, 8]``."""
     return torch.tensor(_cayley_list(), dtype=dtype, device=device)

@@ -73,16 +73,6 @@ class CliffordLinear(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def _terms() -> tuple[torch.Tensor, torch.Tensor]:
-    """[8 (k), 8 (i)]: the sign of each term of the product and the index of its grade path in ``grade_paths``."""
-    paths = {p: n for n, p in enumerate(algebra.grade_paths())}
-    g = algebra.GRADES
-    terms = algebra.product_terms()
-    sign = torch.tensor([[s for _, s in row] for row in terms], dtype=torch.float32)
-    path = torch.tensor([[paths[g[i], g[j], g[k]] for i, (j, _) in enumerate(row)] for k, row in enumerate(terms)])
-    return sign, path
-
-
 class GeometricProduct(nn.Module):
     """y = (L0 x + GP_w(L1 x, normalise(L2 x))) / sqrt(2), the product weighted per channel and per grade path
     (g_i, g_j -> g_k): one weight for each of the 20 paths the product can reach."""
@@ -95,9 +85,6 @@ class GeometricProduct(nn.Module):
         n_paths = len(algebra.grade_paths())
         self.path_weight = nn.Parameter(torch.randn(n_paths, out_channels) / math.sqrt(algebra.N_GRADES))
         self.norm_gate = nn.Parameter(torch.zeros(algebra.N_GRADES, out_channels))
-        sign, path = _terms()
-        self.register_buffer("sign", sign, persistent=False)  # [k, i]
-        self.register_buffer("path", path, persistent=False)  # [k, i] -> grade path
         self.register_buffer("grade_onehot", _grade_onehot(), persistent=False)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,10 +99,9 @@ class GeometricProduct(nn.Module):
         # weights; the normalisation, the product and the sum are one fused pass (fused.NormalisedProduct).
         half = 1 / math.sqrt(2)
         a, b, skip = self.left(x), self.right(x), self.skip(x, scale=half)  # [8, ..., o]
-        coef = self.sign.to(x.dtype)[..., None] * (self.path_weight * half)[self.path]  # [k, i, o]
         flat = (a.shape[0], -1, a.shape[-1])
-        return fused.NormalisedProduct.apply(a.reshape(flat), b.reshape(flat), coef, torch.sigmoid(self.norm_gate),
-                                             skip.reshape(flat)).view_as(a)
+        return fused.NormalisedProduct.apply(a.reshape(flat), b.reshape(flat), self.path_weight * half,
+                                             torch.sigmoid(self.norm_gate), skip.reshape(flat)).view_as(a)
 
 
 GATE_INVARIANTS = ("norm", "squared_norm")

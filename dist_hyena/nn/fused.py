@@ -59,8 +59,24 @@ def _indices(device: torch.device) -> dict[str, torch.Tensor]:
     left = torch.empty_like(right)
     for k in range(algebra.N_BLADES):
         left[k, right[k]] = torch.arange(algebra.N_BLADES)
+    sign, path = algebra.term_paths()
     return {"right_ki": right.flatten().to(device), "right_ik": right.T.flatten().to(device),
-            "left_jk": left.T.flatten().to(device), "left": left.to(device), "grades": algebra.grade_index(device)}
+            "left_jk": left.T.flatten().to(device), "left": left.to(device), "grades": algebra.grade_index(device),
+            "sign": torch.tensor(sign, dtype=torch.float64, device=device),
+            "path": torch.tensor(path, device=device)}
+
+
+def coefficients(w: torch.Tensor) -> torch.Tensor:
+    """Path weights ``w [20, C]`` -> each term's signed weight ``c [8 (k), 8 (i), C]``."""
+    idx = _indices(w.device)
+    return idx["sign"].to(w.dtype)[..., None] * w[idx["path"]]
+
+
+def _path_gradient(grad_c: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`coefficients`: ``grad_c [8, 8, C]`` -> ``[20, C]``."""
+    idx = _indices(grad_c.device)
+    signed = (idx["sign"].to(grad_c.dtype)[..., None] * grad_c).reshape(-1, grad_c.shape[-1])
+    return grad_c.new_zeros(len(algebra.grade_paths()), grad_c.shape[-1]).index_add_(0, idx["path"].flatten(), signed)
 
 
 def _grade_sums(v: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
@@ -81,18 +97,19 @@ def _normalise_chunk(xr: torch.Tensor, s: torch.Tensor, onehot: torch.Tensor, gr
 
 
 class NormalisedProduct(torch.autograd.Function):
-    """``skip + GP_c(a, normalise_s(x))`` on blade-major ``[8, rows, C]`` operands, in one pass of row chunks.
+    """``skip + GP_w(a, normalise_s(x))`` on blade-major ``[8, rows, C]`` operands, in one pass of row chunks.
 
-    GP_c: y[k] = sum_i a[i] b[j(k, i)] c[k, i], the weighted geometric product of each channel, its 64 non-zero
-    terms (signs and path weights in ``c [8 (k), 8 (i), C]``); normalise_s: b = x / (s (|x_g| - 1) + 1) per grade
-    g, ``s [4, C]`` in (0, 1). Keeps a, x, c and s for backward, which recomputes b chunk by chunk; the gradient
-    of ``skip`` is the incoming gradient itself."""
+    GP_w: y[k] = sum_i a[i] b[j(k, i)] c[k, i], the weighted geometric product of each channel, its 64 non-zero
+    terms, c[k, i] = sign(k, i) w[path(k, i)] (:func:`coefficients`: one weight per grade path, ``w [20, C]``);
+    normalise_s: b = x / (s (|x_g| - 1) + 1) per grade g, ``s [4, C]`` in (0, 1). Keeps a, x, w and s for
+    backward, which recomputes b chunk by chunk; the gradient of ``skip`` is the incoming gradient itself."""
 
     @staticmethod
-    def forward(ctx, a, x, c, s, skip):
-        ctx.save_for_backward(a, x, c, s)
+    def forward(ctx, a, x, w, s, skip):
+        ctx.save_for_backward(a, x, w, s)
         if native.supports(a):
-            return native.product_forward(a, x, c, s, skip, EPS**2)
+            return native.product_forward(a, x, w, s, skip, EPS**2)
+        c = coefficients(w)
         idx, onehot = _indices(a.device), _onehot(a)
         n, rows_total, channels = a.shape
         s = s[:, None]
@@ -108,11 +125,12 @@ class NormalisedProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        a, x, c, s = ctx.saved_tensors
+        a, x, w, s = ctx.saved_tensors
         need_a, need_x, need_c, need_s, need_skip = ctx.needs_input_grad
         if native.supports(a):
-            grad_a, grad_x, grad_c, grad_s = native.product_backward(grad, a, x, c, s, EPS**2, need_c or need_s)
-            return grad_a, grad_x, grad_c, grad_s, grad if need_skip else None
+            grad_a, grad_x, grad_w, grad_s = native.product_backward(grad, a, x, w, s, EPS**2, need_c or need_s)
+            return grad_a, grad_x, grad_w, grad_s, grad if need_skip else None
+        c = coefficients(w)
         idx, onehot = _indices(a.device), _onehot(a)
         n, rows_total, channels = a.shape
         s = s[:, None]
@@ -141,8 +159,8 @@ class NormalisedProduct(torch.autograd.Function):
                 grad_s -= (u * (norm - 1)).sum(1)
             w = u.mul_(s).div_(norm).index_select(0, idx["grades"])
             torch.mul(gb, inv.index_select(0, idx["grades"]), out=grad_x[:, rows]).addcmul_(xr, w, value=-1)
-        grad_c = grad_c_ik.view(n, n, channels).transpose(0, 1) if need_c else None
-        return grad_a, grad_x, grad_c, grad_s, grad if need_skip else None
+        grad_w = _path_gradient(grad_c_ik.view(n, n, channels).transpose(0, 1)) if need_c else None
+        return grad_a, grad_x, grad_w, grad_s, grad if need_skip else None
 
 
 # The gate and the layer norm keep only [8, rows, C] and [4, rows, C] temporaries: larger chunks than the product's.

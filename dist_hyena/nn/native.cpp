@@ -7,9 +7,10 @@
 // ~10 passes over [64, rows, C] buffers). A row's last pack may be partial: its missing lanes load as zeros,
 // are never stored and are masked out of the layer norm's sums over channels.
 //
-// DH_RIGHT and DH_GRADE are generated from dist_hyena.nn.algebra at build time (native.py): the product's index
-// table (blade_i blade_RIGHT[k][i] = +-blade_k; the signs ride in the weights c) and each blade's grade. As
-// compile-time constants they let the fully unrolled 64-term loops index registers, not memory.
+// DH_RIGHT, DH_SIGN, DH_PATH, DH_NPATH and DH_GRADE are generated from dist_hyena.nn.algebra at build time
+// (native.py): the product's index and sign tables (blade_i blade_RIGHT[k][i] = SIGN[k][i] blade_k), each term's
+// grade path (one learned weight per path and channel) and each blade's grade. As compile-time constants they let
+// the fully unrolled loops over terms index registers, not memory.
 //
 // Row ranges: a caller may split rows across threads; each function takes the blade stride separately from the
 // number of rows it processes, and accumulates its parameter gradients into the buffers it is given.
@@ -27,6 +28,9 @@
 namespace {
 
 constexpr int RIGHT[8][8] = DH_RIGHT;
+constexpr int SIGN[8][8] = DH_SIGN;  // of each term: blade_i blade_RIGHT[k][i] = SIGN[k][i] blade_k
+constexpr int PATH[8][8] = DH_PATH;  // its grade path (g_i, g_j, g_k): which of the NPATH weights it takes
+constexpr int NPATH = DH_NPATH;
 constexpr int GRADE[8] = DH_GRADE;
 
 // LEFT[k][j]: the i with RIGHT[k][i] = j (each product of blades is one blade, so it exists and is unique).
@@ -41,6 +45,18 @@ constexpr Table invert(const int (&right)[8][8]) {
 }
 constexpr Table LEFT = invert(RIGHT);
 
+// REACHES[k][p]: 1 where output blade k has a term on grade path p (44 of the 8 x 20 pairs).
+struct PathTable {
+    int at[8][NPATH];
+};
+constexpr PathTable reaches(const int (&path)[8][8]) {
+    PathTable t{};
+    for (int k = 0; k < 8; ++k)
+        for (int i = 0; i < 8; ++i) t.at[k][path[k][i]] = 1;
+    return t;
+}
+constexpr PathTable REACHES = reaches(PATH);
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 // One build runs on any x86-64 and uses AVX2 + FMA where the CPU has them (chosen once, at load).
 #define DH_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -49,7 +65,7 @@ constexpr Table LEFT = invert(RIGHT);
 #endif
 #define DH_INLINE inline __attribute__((always_inline))
 #define DH_LAMBDA __attribute__((always_inline))
-#define DH_UNROLL _Pragma("GCC unroll 8")
+#define DH_UNROLL _Pragma("GCC unroll 32")
 
 template <typename T>
 struct Lanes {
@@ -158,9 +174,25 @@ DH_INLINE void normalise(const V* xv, const T* s, int64_t C, N n, T eps2, V* nor
     DH_UNROLL for (int b = 0; b < 8; ++b) bv[b] = xv[b] * inv[GRADE[b]];
 }
 
-// out = skip + GP_c(a, normalise_s(x)): y_k = sum_i c[k, i] a_i b_RIGHT[k][i].
+// Output blade k's unweighted sum over grade path p, S_kp = sum_{i: PATH[k][i] = p} SIGN[k][i] a_i b_RIGHT[k][i]
+// (k and p are compile-time constants once the callers' loops are unrolled: straight-line code, no arrays).
+template <typename V>
+DH_INLINE V path_sum(int k, int p, const V* av, const V* bv) {
+    V acc = {};
+    bool first = true;
+    DH_UNROLL for (int i = 0; i < 8; ++i) {
+        if (PATH[k][i] != p) continue;
+        const V t = av[i] * bv[RIGHT[k][i]];
+        acc = first ? (SIGN[k][i] > 0 ? t : -t) : (SIGN[k][i] > 0 ? acc + t : acc - t);
+        first = false;
+    }
+    return acc;
+}
+
+// out = skip + GP_w(a, normalise_s(x)): y_k = sum_p w_p S_kp, the 64 terms summed per grade path first (64 products
+// and 44 weighted sums instead of 64 weighted terms).
 template <typename T, typename V = typename Lanes<T>::V>
-DH_INLINE void product_forward(const T* a, const T* x, const T* c, const T* s, const T* skip, T* out, int64_t stride,
+DH_INLINE void product_forward(const T* a, const T* x, const T* w, const T* s, const T* skip, T* out, int64_t stride,
                                int64_t rows, int64_t C, T eps2) {
     for (int64_t r = 0; r < rows; ++r) {
         over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
@@ -171,18 +203,20 @@ DH_INLINE void product_forward(const T* a, const T* x, const T* c, const T* s, c
             normalise<T>(xv, s + ch, C, n, eps2, norm, inv, bv);
             DH_UNROLL for (int k = 0; k < 8; ++k) {
                 V y = load(skip + k * stride + at, n);
-                DH_UNROLL for (int i = 0; i < 8; ++i) y += load(c + (k * 8 + i) * C + ch, n) * av[i] * bv[RIGHT[k][i]];
+                DH_UNROLL for (int p = 0; p < NPATH; ++p) {
+                    if (REACHES.at[k][p]) y += load(w + p * C + ch, n) * path_sum(k, p, av, bv);
+                }
                 store(out + k * stride + at, y, n);
             }
         });
     }
 }
 
-// The product's backward: grad_a, grad_x (written), grad_c [8 (k), 8 (i), C] and grad_s [4, C] (accumulated when
+// The product's backward: grad_a, grad_x (written), grad_w [NPATH, C] and grad_s [4, C] (accumulated when
 // NEED_PARAMS), recomputing b from x.
 template <typename T, bool NEED_PARAMS, typename V = typename Lanes<T>::V>
-DH_INLINE void product_backward(const T* grad, const T* a, const T* x, const T* c, const T* s, T* grad_a, T* grad_x,
-                                T* grad_c, T* grad_s, int64_t stride, int64_t rows, int64_t C, T eps2) {
+DH_INLINE void product_backward(const T* grad, const T* a, const T* x, const T* w, const T* s, T* grad_a, T* grad_x,
+                                T* grad_w, T* grad_s, int64_t stride, int64_t rows, int64_t C, T eps2) {
     for (int64_t r = 0; r < rows; ++r) {
         over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
             const int64_t at = r * C + ch;
@@ -191,27 +225,33 @@ DH_INLINE void product_backward(const T* grad, const T* a, const T* x, const T* 
             load8(x + at, stride, n, xv);
             load8(grad + at, stride, n, gv);
             normalise<T>(xv, s + ch, C, n, eps2, norm, inv, bv);
-            // One sum at a time (fewer live registers than accumulating all 16 together): grad_a_i = sum_k
-            // c[k, i] g_k b_RIGHT[k][i], grad_b_j = sum_k c[k, LEFT[k][j]] g_k a_LEFT[k][j].
+            // One sum at a time (fewer live registers than accumulating all 16 together), with c[k, i] = SIGN[k][i]
+            // w_PATH[k][i]: grad_a_i = sum_k c[k, i] g_k b_RIGHT[k][i], grad_b_j = sum_k c[k, LEFT[k][j]] g_k
+            // a_LEFT[k][j].
             DH_UNROLL for (int i = 0; i < 8; ++i) {
                 V acc = {};
-                DH_UNROLL for (int k = 0; k < 8; ++k) acc += load(c + (k * 8 + i) * C + ch, n) * gv[k] * bv[RIGHT[k][i]];
+                DH_UNROLL for (int k = 0; k < 8; ++k) {
+                    const V t = load(w + PATH[k][i] * C + ch, n) * gv[k] * bv[RIGHT[k][i]];
+                    acc += SIGN[k][i] > 0 ? t : -t;
+                }
                 store(grad_a + i * stride + at, acc, n);
             }
             DH_UNROLL for (int j = 0; j < 8; ++j) {
                 V acc = {};
                 DH_UNROLL for (int k = 0; k < 8; ++k) {
                     const int i = LEFT.at[k][j];
-                    acc += load(c + (k * 8 + i) * C + ch, n) * gv[k] * av[i];
+                    const V t = load(w + PATH[k][i] * C + ch, n) * gv[k] * av[i];
+                    acc += SIGN[k][i] > 0 ? t : -t;
                 }
                 gb[j] = acc;
             }
-            if (NEED_PARAMS) {
-                DH_UNROLL for (int k = 0; k < 8; ++k) {
-                    DH_UNROLL for (int i = 0; i < 8; ++i) {
-                        T* p = grad_c + (k * 8 + i) * C + ch;
-                        store(p, load(p, n) + gv[k] * av[i] * bv[RIGHT[k][i]], n);
+            if (NEED_PARAMS) {  // grad_w_p = sum_k g_k S_kp: 20 sums into memory per pack instead of 64
+                DH_UNROLL for (int p = 0; p < NPATH; ++p) {
+                    V gw = load(grad_w + p * C + ch, n);
+                    DH_UNROLL for (int k = 0; k < 8; ++k) {
+                        if (REACHES.at[k][p]) gw += gv[k] * path_sum(k, p, av, bv);
                     }
+                    store(grad_w + p * C + ch, gw, n);
                 }
             }
             // b_j = x_j inv_g: grad_x_j = gb_j inv_g - x_j inv_g^2 s_g / |x_g| sum_{j' in g} gb_j' x_j'
@@ -387,18 +427,18 @@ DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, cons
 // The exported symbols, one per dtype (f32, f64), called through ctypes (native.py). flags: 1 gated, 2 layer norm,
 // 4 squared-norm invariant.
 #define DH_EXPORT(T, SUFFIX)                                                                                        \
-    extern "C" DH_CLONES void product_forward_##SUFFIX(const T* a, const T* x, const T* c, const T* s,               \
+    extern "C" DH_CLONES void product_forward_##SUFFIX(const T* a, const T* x, const T* w, const T* s,               \
                                                        const T* skip, T* out, int64_t stride, int64_t rows,          \
                                                        int64_t C, double eps2) {                                     \
-        product_forward<T>(a, x, c, s, skip, out, stride, rows, C, T(eps2));                                         \
+        product_forward<T>(a, x, w, s, skip, out, stride, rows, C, T(eps2));                                         \
     }                                                                                                                \
-    extern "C" DH_CLONES void product_backward_##SUFFIX(const T* grad, const T* a, const T* x, const T* c,           \
-                                                        const T* s, T* grad_a, T* grad_x, T* grad_c, T* grad_s,     \
+    extern "C" DH_CLONES void product_backward_##SUFFIX(const T* grad, const T* a, const T* x, const T* w,           \
+                                                        const T* s, T* grad_a, T* grad_x, T* grad_w, T* grad_s,     \
                                                         int64_t stride, int64_t rows, int64_t C, double eps2) {      \
-        if (grad_c)                                                                                                  \
-            product_backward<T, true>(grad, a, x, c, s, grad_a, grad_x, grad_c, grad_s, stride, rows, C, T(eps2));   \
+        if (grad_w)                                                                                                  \
+            product_backward<T, true>(grad, a, x, w, s, grad_a, grad_x, grad_w, grad_s, stride, rows, C, T(eps2));   \
         else                                                                                                         \
-            product_backward<T, false>(grad, a, x, c, s, grad_a, grad_x, grad_c, grad_s, stride, rows, C, T(eps2));  \
+            product_backward<T, false>(grad, a, x, w, s, grad_a, grad_x, grad_w, grad_s, stride, rows, C, T(eps2));  \
     }                                                                                                                \
     extern "C" DH_CLONES void gate_norm_forward_##SUFFIX(int flags, const T* h, const T* scale, const T* shift,      \
                                                          const T* ln_scale, T* out, int64_t stride, int64_t rows,    \

@@ -39,10 +39,15 @@ _PARALLEL_MIN = 1 << 15
 
 
 def _defines() -> list[str]:
-    """The product's index table and the blades' grades from the algebra, as the source's compile-time constants."""
+    """The product's tables and the blades' grades from the algebra, as the source's compile-time constants."""
+
+    def table(rows) -> str:
+        return "{" + ",".join("{" + ",".join(map(str, r)) + "}" for r in rows) + "}"
+
+    sign, path = algebra.term_paths()
     right = [[j for j, _ in row] for row in algebra.product_terms()]
-    rows = ",".join("{" + ",".join(map(str, r)) + "}" for r in right)
-    return [f"-DDH_RIGHT={{{rows}}}", f"-DDH_GRADE={{{','.join(map(str, algebra.GRADES))}}}"]
+    return [f"-DDH_RIGHT={table(right)}", f"-DDH_SIGN={table(sign)}", f"-DDH_PATH={table(path)}",
+            f"-DDH_NPATH={len(algebra.grade_paths())}", f"-DDH_GRADE={{{','.join(map(str, algebra.GRADES))}}}"]
 
 
 def _compiler() -> str | None:
@@ -150,30 +155,31 @@ def _fn(name: str, x: torch.Tensor):
     return getattr(library(), f"{name}_{_DTYPES[x.dtype]}")
 
 
-def product_forward(a, x, c, s, skip, eps2: float) -> torch.Tensor:
-    """``skip + GP_c(a, normalise_s(x))`` (``fused.NormalisedProduct``) on ``[8, rows, C]`` operands."""
-    a, x, c, s, skip = (t.contiguous() for t in (a, x, c, s, skip))
+def product_forward(a, x, w, s, skip, eps2: float) -> torch.Tensor:
+    """``skip + GP_w(a, normalise_s(x))`` (``fused.NormalisedProduct``) on ``[8, rows, C]`` operands, path weights
+    ``w [20, C]``."""
+    a, x, w, s, skip = (t.contiguous() for t in (a, x, w, s, skip))
     out = torch.empty_like(a)
     _, rows, channels = a.shape
     fn = _fn("product_forward", a)
     _over_rows(rows, channels, lambda r0, r1, _: fn(
-        _ptr(a, r0, channels), _ptr(x, r0, channels), _ptr(c), _ptr(s), _ptr(skip, r0, channels),
+        _ptr(a, r0, channels), _ptr(x, r0, channels), _ptr(w), _ptr(s), _ptr(skip, r0, channels),
         _ptr(out, r0, channels), rows * channels, r1 - r0, channels, eps2), [])
     return out
 
 
-def product_backward(grad, a, x, c, s, eps2: float, need_params: bool):
-    """Gradients of :func:`product_forward` for a, x and (``need_params``) c, s; None for those not asked for."""
-    grad, a, x, c, s = (t.contiguous() for t in (grad, a, x, c, s))
+def product_backward(grad, a, x, w, s, eps2: float, need_params: bool):
+    """Gradients of :func:`product_forward` for a, x and (``need_params``) w, s; None for those not asked for."""
+    grad, a, x, w, s = (t.contiguous() for t in (grad, a, x, w, s))
     grad_a, grad_x = torch.empty_like(a), torch.empty_like(x)
-    grad_c, grad_s = (torch.zeros_like(c), torch.zeros_like(s)) if need_params else (None, None)
+    grad_w, grad_s = (torch.zeros_like(w), torch.zeros_like(s)) if need_params else (None, None)
     _, rows, channels = a.shape
     fn = _fn("product_backward", a)
     _over_rows(rows, channels, lambda r0, r1, acc: fn(
-        _ptr(grad, r0, channels), _ptr(a, r0, channels), _ptr(x, r0, channels), _ptr(c), _ptr(s),
+        _ptr(grad, r0, channels), _ptr(a, r0, channels), _ptr(x, r0, channels), _ptr(w), _ptr(s),
         _ptr(grad_a, r0, channels), _ptr(grad_x, r0, channels), _ptr(acc[0]), _ptr(acc[1]),
-        rows * channels, r1 - r0, channels, eps2), [grad_c, grad_s])
-    return grad_a, grad_x, grad_c, grad_s
+        rows * channels, r1 - r0, channels, eps2), [grad_w, grad_s])
+    return grad_a, grad_x, grad_w, grad_s
 
 
 def _flags(scale, ln_scale, squared: bool) -> int:

@@ -100,10 +100,10 @@ def test_geometric_product_matches_the_cayley_sum_and_its_gradients(monkeypatch,
         product = layer(x) * 2**0.5 - layer.skip(x)
         expected = torch.einsum("i...o,j...o,ijko->k...o", layer.left(x), layer._normalise(layer.right(x)), dense)
     assert torch.allclose(product, expected, atol=1e-12)
-    coef = (layer.sign.double()[..., None] * layer.path_weight[layer.path]).detach().requires_grad_()
+    w = layer.path_weight.detach().clone().requires_grad_()
     a, b, skip = torch.randn(3, 8, 10, 4, dtype=torch.float64, requires_grad=True)
     s = torch.rand(4, 4, dtype=torch.float64, requires_grad=True)  # the normalisation's sigmoid(norm_gate)
-    assert torch.autograd.gradcheck(fused.NormalisedProduct.apply, (a, b, coef, s, skip))
+    assert torch.autograd.gradcheck(fused.NormalisedProduct.apply, (a, b, w, s, skip))
 
 
 @pytest.mark.parametrize("invariant", ["norm", "squared_norm"])

@@ -16,12 +16,12 @@ def _run(dtype, rows, channels, gated, ln, squared):
     def t(*shape, rand=torch.randn):
         return rand(*shape, dtype=dtype, generator=g).requires_grad_()
 
-    a, x, skip, c = t(8, rows, channels), t(8, rows, channels), t(8, rows, channels), t(8, 8, channels)
+    a, x, skip, w = t(8, rows, channels), t(8, rows, channels), t(8, rows, channels), t(20, channels)
     s = t(4, channels, rand=torch.rand)
     scale, shift = (t(4, channels), t(4, channels)) if gated else (None, None)
     ln_scale = t(channels) if ln else None
-    y = fused.GateNorm.apply(fused.NormalisedProduct.apply(a, x, c, s, skip), scale, shift, ln_scale, squared)
-    inputs = [v for v in (a, x, c, s, skip, scale, shift, ln_scale) if v is not None]
+    y = fused.GateNorm.apply(fused.NormalisedProduct.apply(a, x, w, s, skip), scale, shift, ln_scale, squared)
+    inputs = [v for v in (a, x, w, s, skip, scale, shift, ln_scale) if v is not None]
     return [y.detach(), *torch.autograd.grad(y, inputs, torch.randn(y.shape, dtype=dtype, generator=g))]
 
 
