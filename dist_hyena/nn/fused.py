@@ -126,9 +126,9 @@ class NormalisedProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         a, x, w, s = ctx.saved_tensors
-        need_a, need_x, need_c, need_s, need_skip = ctx.needs_input_grad
+        need_a, need_x, need_w, need_s, need_skip = ctx.needs_input_grad
         if native.supports(a):
-            grad_a, grad_x, grad_w, grad_s = native.product_backward(grad, a, x, w, s, EPS**2, need_c or need_s)
+            grad_a, grad_x, grad_w, grad_s = native.product_backward(grad, a, x, w, s, EPS**2, need_w or need_s)
             return grad_a, grad_x, grad_w, grad_s, grad if need_skip else None
         c = coefficients(w)
         idx, onehot = _indices(a.device), _onehot(a)
@@ -137,17 +137,17 @@ class NormalisedProduct(torch.autograd.Function):
         c_ik = c.transpose(0, 1)[..., None, :]  # [i, k, 1, C]
         c_jk = c.gather(1, idx["left"][..., None].expand(-1, -1, channels)).transpose(0, 1)[..., None, :]
         grad_a, grad_x = torch.empty_like(a), torch.empty_like(x)
-        grad_c_ik = torch.zeros(n * n, channels, dtype=c.dtype, device=c.device) if need_c else None
+        grad_c_ik = torch.zeros(n * n, channels, dtype=c.dtype, device=c.device) if need_w else None
         grad_s = torch.zeros(algebra.N_GRADES, channels, dtype=s.dtype, device=s.device) if need_s else None
         step = chunk_rows(rows_total, channels)
-        buf, buf_c = _Buffer(a, n * n, step), (_Buffer(a, n * n, step) if need_c else None)
+        buf, buf_c = _Buffer(a, n * n, step), (_Buffer(a, n * n, step) if need_w else None)
         for rows in chunks(rows_total, channels):
             ar, xr, g = a[:, rows], x[:, rows], grad[:, rows][None]
             r = ar.shape[1]
             b, norm, inv = _normalise_chunk(xr, s, onehot, idx["grades"])
             q = torch.index_select(b, 0, idx["right_ik"], out=buf.view(r, channels))
             q = q.view(n, n, r, channels).mul_(g)  # [i, k]: b_j(k,i) g_k
-            if need_c:
+            if need_w:
                 grad_c_ik += torch.mul(q, ar[:, None], out=buf_c.view(r, channels).view(n, n, r, channels)).view(
                     n * n, r, channels).sum(1)
             torch.sum(q.mul_(c_ik), 1, out=grad_a[:, rows])
@@ -159,7 +159,7 @@ class NormalisedProduct(torch.autograd.Function):
                 grad_s -= (u * (norm - 1)).sum(1)
             w = u.mul_(s).div_(norm).index_select(0, idx["grades"])
             torch.mul(gb, inv.index_select(0, idx["grades"]), out=grad_x[:, rows]).addcmul_(xr, w, value=-1)
-        grad_w = _path_gradient(grad_c_ik.view(n, n, channels).transpose(0, 1)) if need_c else None
+        grad_w = _path_gradient(grad_c_ik.view(n, n, channels).transpose(0, 1)) if need_w else None
         return grad_a, grad_x, grad_w, grad_s, grad if need_skip else None
 
 

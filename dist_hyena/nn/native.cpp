@@ -344,16 +344,20 @@ DH_INLINE void gate_norm_backward(const T* grad, const T* h, const T* scale, con
             DH_UNROLL for (int g = 0; g < 4; ++g) {
                 z2 += gate[g] * gate[g] * n2[g];
                 d += gate[g] * e[g];  // sum_b gy_b z_b
-                store(w_n2 + g * C + ch, n2[g], n);
-                store(w_inv + g * C + ch, inv[g], n);
-                store(w_gate + g * C + ch, gate[g], n);
-                store(w_e + g * C + ch, e[g], n);
+                if (GATED) {  // what the second pass reads: the gate's scratch only with a gate, m and d only with LN
+                    store(w_n2 + g * C + ch, n2[g], n);
+                    store(w_inv + g * C + ch, inv[g], n);
+                    store(w_gate + g * C + ch, gate[g], n);
+                    store(w_e + g * C + ch, e[g], n);
+                }
             }
-            const V m = vsqrt<T>(z2);
-            store(w_m + ch, m, n);
-            store(w_d + ch, d, n);
-            msum += m * lane_mask<T>(n);
-            if (LN) dsum += d * load(ln_scale + ch, n);  // zero on missing lanes
+            if (LN) {
+                const V m = vsqrt<T>(z2);
+                store(w_m + ch, m, n);
+                store(w_d + ch, d, n);
+                msum += m * lane_mask<T>(n);
+                dsum += d * load(ln_scale + ch, n);  // zero on missing lanes
+            }
         });
         // dL/dz_b = gy_b f + z_b coef / m, f = ln_scale rr, coef = -rr^2 / C sum_C ln_scale sum_b gy_b z_b
         const T rr = LN ? T(1) / (lane_sum<T>(msum) / T(C) + eps) : T(1);
