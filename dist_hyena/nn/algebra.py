@@ -10,6 +10,7 @@ e3 = 0b100), which makes the product of two blades a XOR plus a sign.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -98,11 +99,28 @@ def embed(vectors: torch.Tensor | None, scalars: torch.Tensor | None) -> torch.T
     return mv
 
 
+class Compact(NamedTuple):
+    """What :func:`embed` would build, kept compact: vectors ``[..., C, 3]`` (channels ``0..C-1``, blades 1-3) and
+    scalars ``[..., S]`` (channels ``C..C+S-1``, blade 0), every other coefficient zero. The layers that take it
+    (``CliffordLinear``) skip the zeros instead of multiplying them."""
+
+    vectors: torch.Tensor
+    scalars: torch.Tensor
+
+    @property
+    def channels(self) -> int:
+        return self.vectors.shape[-2] + self.scalars.shape[-1]
+
+
+def check_read(channels: int, n_vectors: int, n_scalars: int) -> None:
+    if channels < n_vectors + n_scalars:
+        raise ValueError(f"{channels} multivector channels cannot hold {n_vectors} vectors + {n_scalars} scalars")
+
+
 def read(mv: torch.Tensor, n_vectors: int, n_scalars: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Multivector channels ``[8, ..., K]`` -> vectors ``[..., n_vectors, 3]`` from the first channels' blades
     1-3, scalars ``[..., n_scalars]`` from the following channels' blade 0."""
-    if mv.shape[-1] < n_vectors + n_scalars:
-        raise ValueError(f"{mv.shape[-1]} multivector channels cannot hold {n_vectors} vectors + {n_scalars} scalars")
+    check_read(mv.shape[-1], n_vectors, n_scalars)
     return mv[VECTOR, ..., :n_vectors].movedim(0, -1), mv[SCALAR, ..., n_vectors : n_vectors + n_scalars]
 
 

@@ -52,7 +52,13 @@ def _per_grade(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 class CliffordLinear(nn.Module):
     """y[b, ..., o] = sum_i x[b, ..., i] W[grade(b), i, o], plus a bias on the scalar blade: one matrix per grade,
-    one batched matrix product over the 8 blades."""
+    one batched matrix product over the 8 blades.
+
+    ``x`` may be an :class:`algebra.Compact` (vectors and scalars, every other coefficient zero): then only the
+    scalar blade (its scalar channels through W[0]) and the vector blades (its vector channels through W[1]) are
+    multiplied, and grades 2 and 3 of the result are zeros. :meth:`read` computes only what
+    ``algebra.read(self(x), ...)`` would keep. Both give the dense map's values and gradients (the skipped terms
+    are products with zeros)."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__()
@@ -60,8 +66,11 @@ class CliffordLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.register_buffer("grades", algebra.grade_index(), persistent=False)
 
-    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | algebra.Compact, scale: float = 1.0) -> torch.Tensor:
         """``scale`` multiplies the output at no cost (it scales the weights, not the output)."""
+        if isinstance(x, algebra.Compact):
+            scalar, vector = self._blades(x, slice(None), slice(None), scale)
+            return torch.cat([scalar[None], vector, scalar.new_zeros(algebra.N_BLADES - 4, *scalar.shape)])
         rows = x.reshape(x.shape[0], -1, x.shape[-1])
         weight = self.weight if scale == 1.0 else self.weight * scale
         if self.bias is None:
@@ -71,6 +80,37 @@ class CliffordLinear(nn.Module):
             bias = torch.cat([bias[None], bias.new_zeros(algebra.N_BLADES - 1, bias.shape[0])])
             y = torch.baddbmm(bias[:, None], rows, weight[self.grades])
         return y.view(*x.shape[:-1], y.shape[-1])
+
+    def read(self, x: torch.Tensor | algebra.Compact, n_vectors: int,
+             n_scalars: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``algebra.read(self(x), n_vectors, n_scalars)``: only the vector blades of the first ``n_vectors``
+        output channels and the scalar blade of the next ``n_scalars`` are computed."""
+        algebra.check_read(self.weight.shape[-1], n_vectors, n_scalars)
+        scalars, vectors = self._blades(x, slice(n_vectors, n_vectors + n_scalars), slice(0, n_vectors))
+        return vectors.movedim(0, -1), scalars
+
+    def _blades(self, x: torch.Tensor | algebra.Compact, scalar_out: slice, vector_out: slice,
+                scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The map's scalar blade ``[..., o]`` for the output channels ``scalar_out`` and its vector blades
+        ``[3, ..., o']`` for ``vector_out``: from a multivector's blades 0 and 1-3, or a compact input's parts."""
+        if isinstance(x, algebra.Compact):
+            n = x.vectors.shape[-2]
+            parts = (x.scalars, slice(n, None)), (x.vectors.movedim(-1, 0), slice(0, n))
+        else:
+            parts = (x[algebra.SCALAR], slice(None)), (x[algebra.VECTOR], slice(None))
+        (scalars, scalar_in), (vectors, vector_in) = parts
+        bias = None if self.bias is None else self.bias[scalar_out]
+        return (_matmul(scalars, self.weight[0, scalar_in, scalar_out], scale, bias),
+                _matmul(vectors, self.weight[1, vector_in, vector_out], scale))
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x @ weight + bias) * scale`` over the last dim of ``x [..., i]`` (the scale on the small operands)."""
+    if scale != 1.0:
+        weight, bias = weight * scale, None if bias is None else bias * scale
+    rows = x.reshape(-1, x.shape[-1])
+    y = rows @ weight if bias is None else torch.addmm(bias, rows, weight)
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class GeometricProduct(nn.Module):
@@ -161,12 +201,24 @@ class CliffordMLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.skip = CliffordLinear(in_channels, out_channels, bias=False) if linear_path else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | algebra.Compact,
+                read: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x``: multivector channels ``[8, ..., in]`` or an :class:`algebra.Compact` (its zeros are skipped).
+        ``read=(n_vectors, n_scalars)``: return ``algebra.read(output, n_vectors, n_scalars)``, computing only
+        the output blades and channels read."""
         y, layers = x, list(self.net)
+        last = layers.pop()
         while layers:
             layer = layers.pop(0)
             if isinstance(layer, GatedNonlinearity) and layers and isinstance(layers[0], CliffordLayerNorm):
                 y = layer(y, layers.pop(0))  # gate and layer norm in one pass
             else:
                 y = layer(y)
-        return y if self.skip is None else y + self.skip(x)
+        if read is None:
+            y = last(y)
+            return y if self.skip is None else y + self.skip(x)
+        vectors, scalars = last.read(y, *read)
+        if self.skip is not None:
+            skip_vectors, skip_scalars = self.skip.read(x, *read)
+            vectors, scalars = vectors + skip_vectors, scalars + skip_scalars
+        return vectors, scalars

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .algebra import embed, read
+from .algebra import Compact
 from .chunked import chunked
 from .clifford import CliffordMLP
 
@@ -40,7 +40,7 @@ class VectorScalarMLP(nn.Module):
         self.mlp = CliffordMLP(vectors_in + scalars_in, vectors_out + scalars_out, hidden, n_layers, **options)
 
     def _map(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return read(self.mlp(embed(x, f)), self.vectors_out, self.scalars_out)
+        return self.mlp(Compact(x, f), read=(self.vectors_out, self.scalars_out))
 
     def forward(self, x: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.token_chunk is None:

@@ -1,9 +1,9 @@
-"""VectorScalarMLP: O(3)-equivariant; token chunks change memory, not numbers."""
+"""VectorScalarMLP: O(3)-equivariant; token chunks and the compact path change time and memory, not numbers."""
 
 import pytest
 import torch
 
-from dist_hyena.nn import VectorScalarMLP
+from dist_hyena.nn import VectorScalarMLP, algebra
 from tests.helpers.equivariance import assert_equivariant
 
 
@@ -43,3 +43,30 @@ def test_equivariant_float64(reflect, chunk):
     x, f = torch.randn(2, 13, 2, 3, dtype=torch.float64), torch.randn(2, 13, 3, dtype=torch.float64)
     with torch.no_grad():
         assert_equivariant(mlp, x, f, (), tol=1e-10, outputs="vectors", reflect=reflect)
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+@pytest.mark.parametrize("linear_path", [False, True])
+def test_compact_inputs_and_reads_equal_the_dense_multivectors(n_layers, linear_path):
+    """The MLP on compact features (the zeros of the embedding skipped, only the read blades computed) gives the
+    values and gradients of embed -> the dense layers -> read, also with no vector output; a parameter that only
+    reaches unread outputs gets no gradient there (None) where the dense layers give it zeros."""
+    torch.manual_seed(0)
+    for vectors_out in (2, 0):
+        mlp = VectorScalarMLP(2, 3, vectors_out, 4, hidden=6, n_layers=n_layers, linear_path=linear_path).double()
+        x = torch.randn(2, 7, 2, 3, dtype=torch.float64, requires_grad=True)
+        f = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+        gx, gf = torch.randn(2, 7, vectors_out, 3, dtype=torch.float64), torch.randn(2, 7, 4, dtype=torch.float64)
+        results = []
+        for dense in (True, False):
+            mlp.zero_grad(set_to_none=True)
+            x.grad = f.grad = None
+            out = algebra.read(mlp.mlp(algebra.embed(x, f)), vectors_out, 4) if dense else mlp(x, f)
+            torch.autograd.backward(out, [gx, gf])
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in (x, f, *mlp.parameters())]
+            results.append([*(o.detach() for o in out), *grads])
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    compact = algebra.Compact(x, f)
+    with pytest.raises(ValueError, match="cannot hold"):
+        mlp.mlp(compact, read=(3, 4))
