@@ -27,8 +27,8 @@ def _spans(n: int, chunk: int):
 def _map_chunks(fn: ChunkFn, chunk: int, inputs: Tensors, dim: int, halo: int) -> Tensors:
     n = inputs[0].shape[dim] - halo
     outs: Tensors = ()
-    for s, c in _spans(n, chunk):
-        part = fn(s, *(t.narrow(dim, s, c + halo) for t in inputs))
+    for s, c in _spans(n, chunk):  # detached windows: no autograd here (a no-grad view would still claim it)
+        part = fn(s, *(t.narrow(dim, s, c + halo).detach() for t in inputs))
         if not outs:
             outs = tuple(p.new_empty(*p.shape[:dim], n, *p.shape[dim + 1 :]) for p in part)
         for o, p in zip(outs, part, strict=True):
@@ -55,7 +55,9 @@ class _ChunkedRecompute(torch.autograd.Function):
         for s, c in _spans(inputs[0].shape[dim] - halo, ctx.chunk):
             with torch.enable_grad():
                 part_in = [t.narrow(dim, s, c + halo).detach().requires_grad_() for t in inputs]
-                part_out = ctx.fn(s, *part_in)
+                # fn gets non-leaf aliases: hooks on a module's inputs (torch's ModuleTracker, as FlopCounterMode
+                # runs it) cannot take leaves inside autograd.grad
+                part_out = ctx.fn(s, *(t.view_as(t) for t in part_in))
                 wanted = [(o, g.narrow(dim, s, c)) for o, g in zip(part_out, grads, strict=True) if o.requires_grad]
                 got = torch.autograd.grad([o for o, _ in wanted], [*part_in, *params], [g for _, g in wanted],
                                           allow_unused=True)

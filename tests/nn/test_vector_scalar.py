@@ -70,3 +70,24 @@ def test_compact_inputs_and_reads_equal_the_dense_multivectors(n_layers, linear_
     compact = algebra.Compact(x, f)
     with pytest.raises(ValueError, match="cannot hold"):
         mlp.mlp(compact, read=(3, 4))
+
+
+def test_chunks_run_under_the_flop_counter():
+    """torch's FlopCounterMode hooks every module's inputs; the chunked recompute runs under it (the step benchmark
+    counts the long-sequence step so) and counts the plain map's work plus one more forward, the recompute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    mlp = VectorScalarMLP(2, 3, 2, 4, hidden=6)
+    x, f = torch.randn(2, 13, 2, 3, requires_grad=True), torch.randn(2, 13, 3, requires_grad=True)
+    counts = {}
+    for chunk in (None, 5):
+        mlp.token_chunk = chunk
+        for backward in (False, True):
+            with FlopCounterMode(display=False) as counter:
+                ox, of = mlp(x, f)
+                if backward:
+                    (ox.square().sum() + of.square().sum()).backward()
+            counts[chunk, backward] = counter.get_total_flops()
+    assert counts[None, False] > 0 and counts[5, False] == counts[None, False]
+    assert counts[5, True] == counts[None, True] + counts[None, False]
