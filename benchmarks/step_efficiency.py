@@ -10,7 +10,11 @@ FLOPs are the step's *useful* floating-point work, the same number for both tree
 ``torch.utils.flop_counter`` counts in this tree's step, plus the geometric product's 64 non-zero terms per row and
 channel (2 FLOP each, 3x for forward and backward), which run as elementwise multiply-adds and which the counter
 does not see. (The dense product of earlier releases did 8x more matrix-product work for the same result: its
-counter total, ``counted_flop_per_token``, is reported per tree but is not useful work.) The matmul rate is a
+counter total, ``counted_flop_per_token``, is reported per tree but is not useful work.) Since the Clifford MLPs
+skip the zeros of their compact inputs and compute only the blades they read, this tree executes far fewer matrix
+FLOPs for the same result; ``dense_flop_per_token`` counts this tree's step with those maps dense again (every blade,
+every input channel: the work counted when the goals of benchmarks/README.md were set), and
+``fraction_of_matmul_dense`` is the step's rate at that count. The matmul rate is a
 1024 x 1024 float32 matrix product timed in the same process, same threads. The optimizer is torch's fused Adam
 (what the trainer builds) for both trees, so the comparison is the model's step.
 
@@ -67,6 +71,32 @@ def _product_flop(model, x, f) -> int:
     return total[0]
 
 
+def _counted(loss) -> int:
+    """The FLOPs ``torch.utils.flop_counter`` counts in one forward and backward of ``loss()``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loss().backward()
+    return counter.get_total_flops()
+
+
+def _dense_counted(loss) -> int | None:
+    """The counter's total with every vector/scalar MLP on dense multivectors (embed, all 8 blades, read); None in
+    trees whose MLPs have no compact path."""
+    from unittest import mock
+
+    from dist_hyena.nn import VectorScalarMLP, algebra
+
+    if not hasattr(algebra, "Compact"):
+        return None
+
+    def dense(self, x, f):
+        return algebra.read(self.mlp(algebra.embed(x, f)), self.vectors_out, self.scalars_out)
+
+    with mock.patch.object(VectorScalarMLP, "_map", dense):
+        return _counted(loss)
+
+
 def _matmul_rate(repeats: int = 20) -> float:
     import torch
 
@@ -78,7 +108,6 @@ def _matmul_rate(repeats: int = 20) -> float:
 def measure(point: dict) -> dict:
     sys.path.insert(0, point["tree"])  # this point's source tree, ahead of the checkout that runs the script
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     import dist_hyena
     from dist_hyena.data.recall_task import POSITION_DIM
@@ -101,14 +130,13 @@ def measure(point: dict) -> dict:
         loss().backward()
         opt.step()
 
-    with FlopCounterMode(display=False) as counter:
-        loss().backward()
-    counted = counter.get_total_flops()
+    counted, dense = _counted(loss), _dense_counted(loss)
     product = 3 * _product_flop(model, x, f)
     step()
     times = harness.timed(step, min_repeats=3, max_repeats=100, budget_s=point["budget_s"])
     rate = _matmul_rate()
     return dict(point, step_s=harness.median(times), repeats=len(times), counted_flop_per_token=counted / (batch * n),
+                dense_counted_flop_per_token=None if dense is None else dense / (batch * n),
                 product_flop_per_token=product / (batch * n), matmul_flop_per_s=rate,
                 threads_used=torch.get_num_threads())
 
@@ -128,6 +156,8 @@ def summarise(runs: list[dict]) -> list[dict]:
         tokens = mine[0]["batch"] * mine[0]["tokens"]
         # useful work: this tree's counted matrix products plus its products' elementwise terms
         flop = mine[0]["counted_flop_per_token"] + mine[0]["product_flop_per_token"]
+        dense = (mine[0].get("dense_counted_flop_per_token") or mine[0]["counted_flop_per_token"]) \
+            + mine[0]["product_flop_per_token"]
         for name in dict.fromkeys(r["tree_name"] for r in runs):
             pts = [r for r in runs if r["workload"] == workload and r["tree_name"] == name]
             step_s = harness.median([r["step_s"] for r in pts])
@@ -135,7 +165,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             rows.append({"workload": workload, "tree": name, "step_s": step_s, "tokens_per_step": tokens,
                          "useful_flop_per_token": flop, "counted_flop_per_token": pts[0]["counted_flop_per_token"],
                          "achieved_gflop_per_s": flop * tokens / step_s / 1e9, "matmul_gflop_per_s": rate / 1e9,
-                         "fraction_of_matmul": flop * tokens / step_s / rate})
+                         "fraction_of_matmul": flop * tokens / step_s / rate, "dense_flop_per_token": dense,
+                         "fraction_of_matmul_dense": dense * tokens / step_s / rate})
         base = {r["tree"]: r["step_s"] for r in rows if r["workload"] == workload}
         for r in rows:
             if r["workload"] == workload:
@@ -151,12 +182,17 @@ def summary_table(payload: dict) -> str:
         old, new = (next(r for r in payload["summary"] if (r["workload"], r["tree"]) == (workload, tree))
                     for tree in (other, "this checkout"))
         chunk = next(r for r in payload["runs"] if r["workload"] == workload)["config"].get("mlp_token_chunk")
+        dense = "dense_flop_per_token" in new  # (results written before the compact MLPs have no dense count)
         rows.append([workload.replace(" x ", " × ") + (f" (MLP chunks {grouped(chunk)})" if chunk else ""),
                      f"{old['step_s']:.3f} → {new['step_s']:.3f}", f"**{old['step_s'] / new['step_s']:.2f}×**",
-                     f"{new['useful_flop_per_token'] / 1e6:.2f} M",
-                     f"{100 * old['fraction_of_matmul']:.1f} → {100 * new['fraction_of_matmul']:.1f}"])
-    return markdown_table(["workload", f"step {other} → now (s)", "speed-up", "useful FLOP/token",
-                           f"% of the same-run matmul rate, {other} → now"], rows)
+                     f"{new['useful_flop_per_token'] / 1e6:.2f} M"
+                     + (f" ({new['dense_flop_per_token'] / 1e6:.2f} M)" if dense else ""),
+                     f"{100 * old['fraction_of_matmul']:.1f} → {100 * new['fraction_of_matmul']:.1f}",
+                     f"{100 * old['fraction_of_matmul_dense']:.1f} → {100 * new['fraction_of_matmul_dense']:.1f}"
+                     if dense else "–"])
+    return markdown_table(["workload", f"step {other} → now (s)", "speed-up", "FLOP/token executed (dense layers)",
+                           f"% of the same-run matmul rate, executed FLOPs, {other} → now",
+                           "% at the dense layers' FLOPs"], rows)
 
 
 def plot(summary: list[dict], path: Path) -> None:

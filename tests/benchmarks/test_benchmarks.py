@@ -48,6 +48,7 @@ def test_benchmark_quick_run_writes_its_json(name, tmp_path):
         row, = payload["summary"]
         assert row["useful_flop_per_token"] > row["counted_flop_per_token"] > 0  # the product's terms are added
         assert 0 < row["fraction_of_matmul"] < 1 and row["step_s"] > 0
+        assert row["dense_flop_per_token"] > row["useful_flop_per_token"]  # the MLPs skip their inputs' zeros
     if name == "longest_context":
         failed = [(r["variant"], r["sp"], r.get("error")) for r in payload["runs"] if not r["fits"]]
         assert not failed, failed
