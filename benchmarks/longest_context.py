@@ -62,7 +62,8 @@ def measure(point: dict) -> dict | None:
             loss.backward()
             if mesh is not None:  # this rank's tokens' share of the gradient, summed over the SP group
                 for p in model.parameters():
-                    dist.all_reduce(p.grad, group=mesh.sp_group)
+                    if p.grad is not None:  # None on every rank alike (the head's scalar bias: read by no loss)
+                        dist.all_reduce(p.grad, group=mesh.sp_group)
             opt.step()
 
         t0 = time.perf_counter()
