@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers.launch import REPO_ROOT, launch_env
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("slurm")]  # one cluster
 
 
 def test_preprocess_sbatch_writes_a_store_that_verifies(tmp_path, slurm):

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers.launch import REPO_ROOT, assert_trained
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("slurm")]  # one cluster
 
 # The signal goes out once step 10's checkpoint is complete; 40 more steps keep the job
 # training (not already exporting) when it lands, and few checkpoints keep the test quick.
