@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from . import algebra, fused
+from . import algebra, fused, native
 
 _EPS = fused.EPS
 
@@ -200,12 +200,19 @@ class CliffordMLP(nn.Module):
         layers.append(CliffordLinear(width, out_channels))
         self.net = nn.Sequential(*layers)
         self.skip = CliffordLinear(in_channels, out_channels, bias=False) if linear_path else None
+        self.n_layers = n_layers
 
     def forward(self, x: torch.Tensor | algebra.Compact,
                 read: tuple[int, int] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``x``: multivector channels ``[8, ..., in]`` or an :class:`algebra.Compact` (its zeros are skipped).
         ``read=(n_vectors, n_scalars)``: return ``algebra.read(output, n_vectors, n_scalars)``, computing only
         the output blades and channels read."""
+        if read is not None and isinstance(x, algebra.Compact) and self.n_layers == 1 and native.supports(x.scalars):
+            vectors, scalars = self._compact_read(x, read)
+            if self.skip is not None:
+                skip_vectors, skip_scalars = self.skip.read(x, *read)
+                vectors, scalars = vectors + skip_vectors, scalars + skip_scalars
+            return vectors, scalars
         y, layers = x, list(self.net)
         last = layers.pop()
         while layers:
@@ -222,3 +229,16 @@ class CliffordMLP(nn.Module):
             skip_vectors, skip_scalars = self.skip.read(x, *read)
             vectors, scalars = vectors + skip_vectors, scalars + skip_scalars
         return vectors, scalars
+
+    def _compact_read(self, x: algebra.Compact, read: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(x, read)`` of a one-layer MLP on a compact input, as one :class:`fused.CompactMLP` (the compiled
+        kernels' path; the layers' own composition is its reference)."""
+        product, gate, *norm, last = self.net
+        algebra.check_read(last.weight.shape[-1], *read)
+        lead = x.scalars.shape[:-1]
+        vectors, scalars = fused.CompactMLP.apply(
+            x.vectors.reshape(-1, *x.vectors.shape[-2:]), x.scalars.reshape(-1, x.scalars.shape[-1]), read,
+            gate.squared, product.left.weight, product.right.weight, product.right.bias, product.skip.weight,
+            product.skip.bias, product.path_weight, product.norm_gate, gate.scale, gate.shift,
+            norm[0].scale if norm else None, last.weight, last.bias)
+        return vectors.view(*lead, *vectors.shape[1:]), scalars.view(*lead, scalars.shape[-1])

@@ -45,17 +45,21 @@ constexpr Table invert(const int (&right)[8][8]) {
 }
 constexpr Table LEFT = invert(RIGHT);
 
-// REACHES[k][p]: 1 where output blade k has a term on grade path p (44 of the 8 x 20 pairs).
+// REACHES[k][p]: 1 where output blade k has a term on grade path p (44 of the 8 x 20 pairs). COMPACT_REACHES: the
+// same for compact operands, whose blades 4-7 (grades 2 and 3) are zero: the terms blade_i blade_j with i, j < 4
+// (16 of the 64), on 5 paths.
 struct PathTable {
     int at[8][NPATH];
 };
-constexpr PathTable reaches(const int (&path)[8][8]) {
+constexpr PathTable reaches(const int (&path)[8][8], const int (&right)[8][8], int blades) {
     PathTable t{};
     for (int k = 0; k < 8; ++k)
-        for (int i = 0; i < 8; ++i) t.at[k][path[k][i]] = 1;
+        for (int i = 0; i < blades; ++i)
+            if (right[k][i] < blades) t.at[k][path[k][i]] = 1;
     return t;
 }
-constexpr PathTable REACHES = reaches(PATH);
+constexpr PathTable REACHES = reaches(PATH, RIGHT, 8);
+constexpr PathTable COMPACT_REACHES = reaches(PATH, RIGHT, 4);
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 // One build runs on any x86-64 and uses AVX2 + FMA where the CPU has them (chosen once, at load).
@@ -161,27 +165,30 @@ DH_INLINE T lane_sum(typename Lanes<T>::V v) {
     return s;
 }
 
-// The product's right operand normalised per grade, b = x / (s (|x_g| - 1) + 1), |x_g| = sqrt(sum x^2 + eps^2).
-template <typename T, typename N, typename V = typename Lanes<T>::V>
+// The product's right operand normalised per grade, b = x / (s (|x_g| - 1) + 1), |x_g| = sqrt(sum x^2 + eps^2), on
+// the first NB blades (8, or 4 for compact operands: grades 0 and 1).
+template <typename T, int NB = 8, typename N, typename V = typename Lanes<T>::V>
 DH_INLINE void normalise(const V* xv, const T* s, int64_t C, N n, T eps2, V* norm, V* inv, V* bv) {
+    constexpr int NG = GRADE[NB - 1] + 1;
     V n2[4] = {};
-    DH_UNROLL for (int b = 0; b < 8; ++b) n2[GRADE[b]] += xv[b] * xv[b];
-    DH_UNROLL for (int g = 0; g < 4; ++g) {
+    DH_UNROLL for (int b = 0; b < NB; ++b) n2[GRADE[b]] += xv[b] * xv[b];
+    DH_UNROLL for (int g = 0; g < NG; ++g) {
         const V sg = load(s + g * C, n);
         norm[g] = vsqrt<T>(n2[g] + eps2);
         inv[g] = T(1) / ((T(1) - sg) + sg * norm[g]);
     }
-    DH_UNROLL for (int b = 0; b < 8; ++b) bv[b] = xv[b] * inv[GRADE[b]];
+    DH_UNROLL for (int b = 0; b < NB; ++b) bv[b] = xv[b] * inv[GRADE[b]];
 }
 
 // Output blade k's unweighted sum over grade path p, S_kp = sum_{i: PATH[k][i] = p} SIGN[k][i] a_i b_RIGHT[k][i]
-// (k and p are compile-time constants once the callers' loops are unrolled: straight-line code, no arrays).
-template <typename V>
+// (k and p are compile-time constants once the callers' loops are unrolled: straight-line code, no arrays); with
+// NB = 4 only the terms of compact operands (i, RIGHT[k][i] < 4).
+template <int NB = 8, typename V>
 DH_INLINE V path_sum(int k, int p, const V* av, const V* bv) {
     V acc = {};
     bool first = true;
-    DH_UNROLL for (int i = 0; i < 8; ++i) {
-        if (PATH[k][i] != p) continue;
+    DH_UNROLL for (int i = 0; i < NB; ++i) {
+        if (PATH[k][i] != p || RIGHT[k][i] >= NB) continue;
         const V t = av[i] * bv[RIGHT[k][i]];
         acc = first ? (SIGN[k][i] > 0 ? t : -t) : (SIGN[k][i] > 0 ? acc + t : acc - t);
         first = false;
@@ -269,12 +276,15 @@ DH_INLINE void product_backward(const T* grad, const T* a, const T* x, const T* 
 
 // The gate's per-grade quantities of one pack: squared grade norms n2, invariants inv (the scalar itself for
 // grade 0), gates sigmoid(scale inv + shift) (1 without a gate).
-template <typename T, bool GATED, bool SQUARED, typename N, typename V = typename Lanes<T>::V>
+// NG < 4: only the first NG grades (the others are zero).
+template <typename T, bool GATED, bool SQUARED, int NG = 4, typename N, typename V = typename Lanes<T>::V>
 DH_INLINE void gate_of(const V* hv, const T* scale, const T* shift, int64_t C, N n, T eps2, V* n2, V* inv,
                        V* gate) {
-    DH_UNROLL for (int g = 0; g < 4; ++g) n2[g] = V{};
-    DH_UNROLL for (int b = 0; b < 8; ++b) n2[GRADE[b]] += hv[b] * hv[b];
-    DH_UNROLL for (int g = 0; g < 4; ++g) {
+    DH_UNROLL for (int g = 0; g < NG; ++g) n2[g] = V{};
+    DH_UNROLL for (int b = 0; b < 8; ++b) {
+        if (GRADE[b] < NG) n2[GRADE[b]] += hv[b] * hv[b];
+    }
+    DH_UNROLL for (int g = 0; g < NG; ++g) {
         if (GATED) {
             inv[g] = g == 0 ? hv[0] : (SQUARED ? n2[g] : vsqrt<T>(n2[g] + eps2));
             gate[g] = vsigmoid<T>(load(scale + g * C, n) * inv[g] + load(shift + g * C, n));
@@ -398,6 +408,227 @@ DH_INLINE void gate_norm_backward(const T* grad, const T* h, const T* scale, con
     }
 }
 
+// ---- A one-layer Clifford MLP's hidden layer on compact operands (fused.CompactMLP) ----
+//
+// The MLP's input maps read only vectors and scalars, so the left operand a, the right operand x and the skip are
+// compact: blades 0-3, the others zero. Then h = skip + GP_w(a, normalise_s(x)) takes 16 of the product's 64 terms
+// and has blades 0-6 (every term of blade 7 reads a zero), and the gate and the layer norm follow in the same pass.
+// Only blades 0-3 of the result are written: what the MLP's last map reads. Operands: a, x and skip are channel
+// blocks of one packed [4, rows, ld] tensor (blade stride in_stride, ld = 3 C); out is [4, rows, C] (out_stride).
+
+// h's blades 0-6 (hv[7] = 0) from a pack of compact operands; also b = normalise_s(x) and its norms (grades 0, 1).
+template <typename T, typename N, typename V = typename Lanes<T>::V>
+DH_INLINE void compact_hidden(const T* a, const T* x, const T* skip, int64_t stride, const T* w, const T* s,
+                              int64_t C, N n, T eps2, V* av, V* xv, V* bv, V* norm, V* inv, V* hv) {
+    DH_UNROLL for (int b = 0; b < 4; ++b) {
+        av[b] = load(a + b * stride, n);
+        xv[b] = load(x + b * stride, n);
+    }
+    normalise<T, 4>(xv, s, C, n, eps2, norm, inv, bv);
+    DH_UNROLL for (int k = 0; k < 8; ++k) {
+        V y = k < 4 ? load(skip + k * stride, n) : V{};
+        DH_UNROLL for (int p = 0; p < NPATH; ++p) {
+            if (COMPACT_REACHES.at[k][p]) y += load(w + p * C, n) * path_sum<4>(k, p, av, bv);
+        }
+        hv[k] = y;
+    }
+}
+
+// ``work``: 6 C scratch values (the row's blades 0-3 of h and the gates of grades 0 and 1).
+template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+DH_INLINE void compact_layer_forward(const T* a, const T* x, const T* skip, const T* w, const T* s, const T* scale,
+                                     const T* shift, const T* ln_scale, T* out, T* work, int64_t in_stride, int64_t ld,
+                                     int64_t out_stride, int64_t rows, int64_t C, T eps) {
+    const T eps2 = eps * eps;
+    for (int64_t r = 0; r < rows; ++r) {
+        V msum = {};
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * ld + ch;
+            V av[4], xv[4], bv[4], norm[4], inv[4], hv[8], n2[4], ginv[4], gate[4];
+            compact_hidden<T>(a + at, x + at, skip + at, in_stride, w + ch, s + ch, C, n, eps2, av, xv, bv, norm,
+                              inv, hv);
+            gate_of<T, true, SQUARED, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
+            if (!LN) {
+                DH_UNROLL for (int b = 0; b < 4; ++b) store(out + b * out_stride + r * C + ch, hv[b] * gate[GRADE[b]], n);
+                return;
+            }
+            V z2 = V{} + eps2;
+            DH_UNROLL for (int g = 0; g < 3; ++g) z2 += gate[g] * gate[g] * n2[g];
+            msum += vsqrt<T>(z2) * lane_mask<T>(n);
+            DH_UNROLL for (int b = 0; b < 4; ++b) store(work + b * C + ch, hv[b], n);
+            store(work + 4 * C + ch, gate[0], n);
+            store(work + 5 * C + ch, gate[1], n);
+        });
+        if (!LN) continue;
+        const T rr = T(1) / (lane_sum<T>(msum) / T(C) + eps);
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const V f = load(ln_scale + ch, n) * rr;
+            DH_UNROLL for (int b = 0; b < 4; ++b) {
+                const V g = load(work + (4 + GRADE[b]) * C + ch, n);
+                store(out + b * out_stride + r * C + ch, load(work + b * C + ch, n) * g * f, n);
+            }
+        });
+    }
+}
+
+// Backward of compact_layer_forward, from the gradient of its blades 0-3 (grad, [4, rows, C]): grad_a, grad_x and
+// grad_skip written (channel blocks of one packed [4, rows, ld] tensor); grad_w [NPATH, C], grad_s, grad_scale,
+// grad_shift [4, C] and grad_ln [C] accumulated. ``work``: 20 C scratch values.
+template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, const T* skip, const T* w, const T* s,
+                                      const T* scale, const T* shift, const T* ln_scale, T* grad_a, T* grad_x,
+                                      T* grad_skip, T* grad_w, T* grad_s, T* grad_scale, T* grad_shift, T* grad_ln,
+                                      T* work, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows,
+                                      int64_t C, T eps) {
+    const T eps2 = eps * eps;
+    // scratch per channel: h [7], and for grades 0-2 n2 [3], inv [3], gate [3]; e [2] (sum over a grade's blades of
+    // gy_b h_b: grades 0 and 1, the blades with a gradient), m, d
+    T *w_h = work, *w_n2 = work + 7 * C, *w_inv = work + 10 * C, *w_gate = work + 13 * C, *w_e = work + 16 * C,
+      *w_m = work + 18 * C, *w_d = work + 19 * C;
+    for (int64_t r = 0; r < rows; ++r) {
+        V msum = {}, dsum = {};
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * ld + ch;
+            V av[4], xv[4], bv[4], norm[4], inv[4], hv[8], gv[4], n2[4], ginv[4], gate[4], z2 = V{} + eps2, d = {};
+            compact_hidden<T>(a + at, x + at, skip + at, in_stride, w + ch, s + ch, C, n, eps2, av, xv, bv, norm,
+                              inv, hv);
+            gate_of<T, true, SQUARED, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
+            DH_UNROLL for (int b = 0; b < 4; ++b) gv[b] = load(grad + b * out_stride + r * C + ch, n);
+            const V e[2] = {gv[0] * hv[0], gv[1] * hv[1] + gv[2] * hv[2] + gv[3] * hv[3]};
+            DH_UNROLL for (int b = 0; b < 7; ++b) store(w_h + b * C + ch, hv[b], n);
+            DH_UNROLL for (int g = 0; g < 3; ++g) {
+                z2 += gate[g] * gate[g] * n2[g];
+                if (g < 2) {
+                    d += gate[g] * e[g];  // sum_b gy_b z_b
+                    store(w_e + g * C + ch, e[g], n);
+                }
+                store(w_n2 + g * C + ch, n2[g], n);
+                store(w_inv + g * C + ch, ginv[g], n);
+                store(w_gate + g * C + ch, gate[g], n);
+            }
+            if (LN) {
+                const V m = vsqrt<T>(z2);
+                store(w_m + ch, m, n);
+                store(w_d + ch, d, n);
+                msum += m * lane_mask<T>(n);
+                dsum += d * load(ln_scale + ch, n);  // zero on missing lanes
+            }
+        });
+        // as in gate_norm_backward: dL/dz_b = gy_b f + z_b coef / m, f = ln_scale rr
+        const T rr = LN ? T(1) / (lane_sum<T>(msum) / T(C) + eps) : T(1);
+        const T coef = LN ? -rr * rr * lane_sum<T>(dsum) / T(C) : T(0);
+        over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
+            const int64_t at = r * ld + ch;
+            V gv[4], hv[7], gh[8], f1[3], f2[3], dinv0 = {};
+            DH_UNROLL for (int b = 0; b < 4; ++b) gv[b] = load(grad + b * out_stride + r * C + ch, n);
+            DH_UNROLL for (int b = 0; b < 7; ++b) hv[b] = load(w_h + b * C + ch, n);
+            const V f = LN ? load(ln_scale + ch, n) * rr : V{} + T(1);
+            const V coef_m = LN ? coef / load(w_m + ch, n) : V{};
+            if (LN) store(grad_ln + ch, load(grad_ln + ch, n) + load(w_d + ch, n) * rr, n);
+            DH_UNROLL for (int g = 0; g < 3; ++g) {
+                const V gate = load(w_gate + g * C + ch, n), ginv = load(w_inv + g * C + ch, n);
+                V dz = gate * coef_m * load(w_n2 + g * C + ch, n);
+                if (g < 2) dz += f * load(w_e + g * C + ch, n);
+                const V dpre = dz * gate * (T(1) - gate);
+                store(grad_shift + g * C + ch, load(grad_shift + g * C + ch, n) + dpre, n);
+                store(grad_scale + g * C + ch, load(grad_scale + g * C + ch, n) + dpre * ginv, n);
+                const V dinv = dpre * load(scale + g * C + ch, n);
+                f1[g] = gate * f;
+                f2[g] = gate * gate * coef_m;
+                if (g == 0)
+                    dinv0 = dinv;
+                else
+                    f2[g] += SQUARED ? T(2) * dinv : dinv / ginv;
+            }
+            // the gradient of h (blade 7 has no terms), then the product's backward over the compact terms
+            DH_UNROLL for (int b = 0; b < 7; ++b) {
+                gh[b] = hv[b] * f2[GRADE[b]];
+                if (b < 4) gh[b] += gv[b] * f1[GRADE[b]];
+            }
+            gh[0] += dinv0;
+            gh[7] = V{};
+            DH_UNROLL for (int b = 0; b < 4; ++b) store(grad_skip + b * in_stride + at, gh[b], n);
+            V av[4], xv[4], bv[4], norm[4], inv[4];
+            DH_UNROLL for (int b = 0; b < 4; ++b) {
+                av[b] = load(a + b * in_stride + at, n);
+                xv[b] = load(x + b * in_stride + at, n);
+            }
+            normalise<T, 4>(xv, s + ch, C, n, eps2, norm, inv, bv);
+            DH_UNROLL for (int i = 0; i < 4; ++i) {
+                V acc = {};
+                DH_UNROLL for (int k = 0; k < 7; ++k) {
+                    if (RIGHT[k][i] >= 4) continue;
+                    const V t = load(w + PATH[k][i] * C + ch, n) * gh[k] * bv[RIGHT[k][i]];
+                    acc += SIGN[k][i] > 0 ? t : -t;
+                }
+                store(grad_a + i * in_stride + at, acc, n);
+            }
+            V gb[4];
+            DH_UNROLL for (int j = 0; j < 4; ++j) {
+                V acc = {};
+                DH_UNROLL for (int k = 0; k < 7; ++k) {
+                    const int i = LEFT.at[k][j];
+                    if (i >= 4) continue;
+                    const V t = load(w + PATH[k][i] * C + ch, n) * gh[k] * av[i];
+                    acc += SIGN[k][i] > 0 ? t : -t;
+                }
+                gb[j] = acc;
+            }
+            DH_UNROLL for (int p = 0; p < NPATH; ++p) {
+                bool any = false;
+                DH_UNROLL for (int k = 0; k < 7; ++k) any = any || COMPACT_REACHES.at[k][p];
+                if (!any) continue;
+                V gw = load(grad_w + p * C + ch, n);
+                DH_UNROLL for (int k = 0; k < 7; ++k) {
+                    if (COMPACT_REACHES.at[k][p]) gw += gh[k] * path_sum<4>(k, p, av, bv);
+                }
+                store(grad_w + p * C + ch, gw, n);
+            }
+            // b_j = x_j inv_g (grades 0, 1), as in product_backward
+            V u[2] = {gb[0] * xv[0], gb[1] * xv[1] + gb[2] * xv[2] + gb[3] * xv[3]};
+            DH_UNROLL for (int g = 0; g < 2; ++g) {
+                u[g] *= inv[g] * inv[g];
+                store(grad_s + g * C + ch, load(grad_s + g * C + ch, n) - u[g] * (norm[g] - T(1)), n);
+                u[g] *= load(s + g * C + ch, n) / norm[g];
+            }
+            DH_UNROLL for (int b = 0; b < 4; ++b) store(grad_x + b * in_stride + at, gb[b] * inv[GRADE[b]] - xv[b] * u[GRADE[b]], n);
+        });
+    }
+}
+
+template <typename T>
+DH_INLINE void compact_layer_forward_any(int flags, const T* a, const T* x, const T* skip, const T* w, const T* s,
+                                         const T* scale, const T* shift, const T* ln_scale, T* out, int64_t in_stride,
+                                         int64_t ld, int64_t out_stride, int64_t rows, int64_t C, T eps) {
+    std::vector<T> work(6 * C);
+#define DH_CASE(L, S)                                                                                               \
+    case (L) << 1 | (S) << 2:                                                                                       \
+        return compact_layer_forward<T, L, S>(a, x, skip, w, s, scale, shift, ln_scale, out, work.data(), in_stride, \
+                                              ld, out_stride, rows, C, eps);
+    switch (flags & 6) {
+        DH_CASE(1, 0) DH_CASE(1, 1) DH_CASE(0, 0) DH_CASE(0, 1)
+    }
+#undef DH_CASE
+}
+
+template <typename T>
+DH_INLINE void compact_layer_backward_any(int flags, const T* grad, const T* a, const T* x, const T* skip, const T* w,
+                                          const T* s, const T* scale, const T* shift, const T* ln_scale, T* grad_a,
+                                          T* grad_x, T* grad_skip, T* grad_w, T* grad_s, T* grad_scale, T* grad_shift,
+                                          T* grad_ln, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows,
+                                          int64_t C, T eps) {
+    std::vector<T> work(20 * C);
+#define DH_CASE(L, S)                                                                                               \
+    case (L) << 1 | (S) << 2:                                                                                       \
+        return compact_layer_backward<T, L, S>(grad, a, x, skip, w, s, scale, shift, ln_scale, grad_a, grad_x,       \
+                                               grad_skip, grad_w, grad_s, grad_scale, grad_shift, grad_ln,           \
+                                               work.data(), in_stride, ld, out_stride, rows, C, eps);
+    switch (flags & 6) {
+        DH_CASE(1, 0) DH_CASE(1, 1) DH_CASE(0, 0) DH_CASE(0, 1)
+    }
+#undef DH_CASE
+}
+
 template <typename T>
 DH_INLINE void gate_norm_forward_any(int flags, const T* h, const T* scale, const T* shift, const T* ln_scale, T* out,
                                      int64_t stride, int64_t rows, int64_t C, T eps) {
@@ -455,6 +686,22 @@ DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, cons
                                                           int64_t rows, int64_t C, double eps) {                     \
         gate_norm_backward_any<T>(flags, grad, h, scale, shift, ln_scale, grad_h, grad_scale, grad_shift, grad_ln,   \
                                   stride, rows, C, T(eps));                                                          \
+    }                                                                                                                \
+    extern "C" DH_CLONES void compact_layer_forward_##SUFFIX(                                                      \
+        int flags, const T* a, const T* x, const T* skip, const T* w, const T* s, const T* scale, const T* shift,    \
+        const T* ln_scale, T* out, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows, int64_t C,       \
+        double eps) {                                                                                                \
+        compact_layer_forward_any<T>(flags, a, x, skip, w, s, scale, shift, ln_scale, out, in_stride, ld,            \
+                                     out_stride, rows, C, T(eps));                                                   \
+    }                                                                                                                \
+    extern "C" DH_CLONES void compact_layer_backward_##SUFFIX(                                                     \
+        int flags, const T* grad, const T* a, const T* x, const T* skip, const T* w, const T* s, const T* scale,     \
+        const T* shift, const T* ln_scale, T* grad_a, T* grad_x, T* grad_skip, T* grad_w, T* grad_s,                 \
+        T* grad_scale, T* grad_shift, T* grad_ln, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows,   \
+        int64_t C, double eps) {                                                                                     \
+        compact_layer_backward_any<T>(flags, grad, a, x, skip, w, s, scale, shift, ln_scale, grad_a, grad_x,         \
+                                      grad_skip, grad_w, grad_s, grad_scale, grad_shift, grad_ln, in_stride, ld,     \
+                                      out_stride, rows, C, T(eps));                                                  \
     }
 
 DH_EXPORT(float, f32)

@@ -111,6 +111,8 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, f"product_backward_{suffix}").argtypes = [p] * 9 + [i64, i64, i64, f64]
         getattr(lib, f"gate_norm_forward_{suffix}").argtypes = [i32] + [p] * 5 + [i64, i64, i64, f64]
         getattr(lib, f"gate_norm_backward_{suffix}").argtypes = [i32] + [p] * 9 + [i64, i64, i64, f64]
+        getattr(lib, f"compact_layer_forward_{suffix}").argtypes = [i32] + [p] * 9 + [i64] * 5 + [f64]
+        getattr(lib, f"compact_layer_backward_{suffix}").argtypes = [i32] + [p] * 17 + [i64] * 5 + [f64]
     return lib
 
 
@@ -213,3 +215,41 @@ def gate_norm_backward(grad, h, scale, shift, ln_scale, squared: bool, eps: floa
         _ptr(grad_h, r0, channels), _ptr(acc[0]), _ptr(acc[1]), _ptr(acc[2]), rows * channels, r1 - r0, channels,
         eps), grads)
     return grad_h, *grads
+
+
+def _parts(packed: torch.Tensor, row0: int) -> list[int]:
+    """Pointers to row ``row0`` of the three channel blocks (a, x, skip) of a packed ``[4, rows, 3 C]`` operand."""
+    block = packed.shape[2] // 3
+    return [_ptr(packed, row0, packed.shape[2]) + part * block * packed.element_size() for part in range(3)]
+
+
+def compact_layer_forward(packed, w, s, scale, shift, ln_scale, squared: bool, eps: float) -> torch.Tensor:
+    """Blades 0-3 of ``gate_norm(skip + GP_w(a, normalise_s(x)))`` ``[4, rows, C]`` (``fused.CompactMLP``) from the
+    compact operands packed as channel blocks ``[a | x | skip]`` of ``packed [4, rows, 3 C]``."""
+    packed, w, s, scale, shift, ln_scale = (None if t is None else t.contiguous()
+                                            for t in (packed, w, s, scale, shift, ln_scale))
+    _, rows, ld = packed.shape
+    channels = ld // 3
+    out = packed.new_empty(4, rows, channels)
+    fn, flags = _fn("compact_layer_forward", packed), _flags(scale, ln_scale, squared)
+    _over_rows(rows, channels, lambda r0, r1, _: fn(
+        flags, *_parts(packed, r0), _ptr(w), _ptr(s), _ptr(scale), _ptr(shift), _ptr(ln_scale),
+        _ptr(out, r0, channels), rows * ld, ld, rows * channels, r1 - r0, channels, eps), [])
+    return out
+
+
+def compact_layer_backward(grad, packed, w, s, scale, shift, ln_scale, squared: bool, eps: float):
+    """Gradients of :func:`compact_layer_forward`: the packed operand's ``[4, rows, 3 C]``, then w, s, scale, shift
+    and ln_scale (None without a layer norm)."""
+    grad, packed, w, s, scale, shift, ln_scale = (None if t is None else t.contiguous()
+                                                  for t in (grad, packed, w, s, scale, shift, ln_scale))
+    _, rows, ld = packed.shape
+    channels = ld // 3
+    grad_packed = torch.empty_like(packed)
+    grads = [None if t is None else torch.zeros_like(t) for t in (w, s, scale, shift, ln_scale)]
+    fn, flags = _fn("compact_layer_backward", packed), _flags(scale, ln_scale, squared)
+    _over_rows(rows, channels, lambda r0, r1, acc: fn(
+        flags, _ptr(grad, r0, channels), *_parts(packed, r0), _ptr(w), _ptr(s), _ptr(scale), _ptr(shift),
+        _ptr(ln_scale), *_parts(grad_packed, r0), *(_ptr(t) for t in acc), rows * ld, ld, rows * channels, r1 - r0,
+        channels, eps), grads)
+    return grad_packed, *grads

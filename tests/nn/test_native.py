@@ -63,6 +63,70 @@ def test_rows_split_across_threads_give_the_same_result(monkeypatch):
         assert torch.allclose(u, v, rtol=1e-12, atol=1e-14)
 
 
+def _mlp_run(dtype, rows, widths, ln, squared, compact):
+    """A one-layer Clifford MLP read out, on a compact input (on CPU with the kernels: ``fused.CompactMLP``) or on
+    the embedded dense multivectors (the layers one by one): outputs, then the gradients of the input and of every
+    parameter (zeros where autograd gives None)."""
+    from dist_hyena.nn import algebra
+    from dist_hyena.nn.clifford import CliffordMLP
+
+    cv, scalars, hidden, nv, ns = widths
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(2)  # the layers' initialisation
+    mlp = CliffordMLP(cv + scalars, nv + ns + 1, hidden, layer_norm=ln, gate_invariant="squared_norm" if squared
+                      else "norm").to(dtype)
+    with torch.no_grad():
+        for q in mlp.parameters():
+            q.add_(0.3 * torch.randn(q.shape, dtype=dtype, generator=g))
+    x = torch.randn(rows, cv, 3, dtype=dtype, generator=g).requires_grad_()
+    f = torch.randn(rows, scalars, dtype=dtype, generator=g).requires_grad_()
+    out = mlp(algebra.Compact(x, f) if compact else algebra.embed(x, f), read=(nv, ns))
+    grads = [torch.randn(o.shape, dtype=dtype, generator=g) for o in out]
+    params = [x, f, *mlp.parameters()]
+    got = torch.autograd.grad(out, params, grads, allow_unused=True)
+    zeros = [torch.zeros_like(q) if d is None else d for q, d in zip(params, got, strict=True)]
+    return [o.detach() for o in out] + zeros
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 5e-6)])
+@pytest.mark.parametrize("ln, squared", [(True, False), (True, True), (False, False), (False, True)])
+@pytest.mark.parametrize("widths", [(1, 8, 16, 3, 24), (2, 3, 13, 0, 5), (3, 1, 3, 2, 1)],
+                         ids=["nbody", "partial-pack", "tiny"])
+def test_compact_mlp_equals_the_dense_layers(monkeypatch, dtype, tol, ln, squared, widths):
+    """``fused.CompactMLP`` (the input maps, the product's 16 compact terms, gate, layer norm and read in compiled
+    passes) gives the outputs and the gradients of the dense layers one by one, relative to each tensor's largest
+    entry: with and without the layer norm, both gate invariants, hidden widths that do and do not fill the packs,
+    no vector output."""
+    monkeypatch.setenv(native.ENV, "1")
+    native.library.cache_clear()
+    fused_run = _mlp_run(dtype, 41, widths, ln, squared, compact=True)
+    dense_run = _mlp_run(dtype, 41, widths, ln, squared, compact=False)
+    native.library.cache_clear()
+    for u, v in zip(fused_run, dense_run, strict=True):
+        assert u.shape == v.shape
+        if v.numel() and v.abs().max() > 0:
+            assert ((u - v).abs().max() / v.abs().max()).item() < tol
+        else:
+            assert not u.any()
+
+
+def test_compact_mlp_rows_split_across_threads(monkeypatch):
+    """The fused MLP with its rows split across threads (per-part parameter gradients, summed) equals one part's."""
+    monkeypatch.setenv(native.ENV, "1")
+    native.library.cache_clear()
+    one = _mlp_run(torch.float64, 50, (1, 8, 16, 3, 24), True, False, compact=True)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(native, "_PARALLEL_MIN", 1)
+    try:
+        torch.set_num_threads(3)
+        split = _mlp_run(torch.float64, 50, (1, 8, 16, 3, 24), True, False, compact=True)
+    finally:
+        torch.set_num_threads(threads)
+        native.library.cache_clear()
+    for u, v in zip(one, split, strict=True):
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-14)
+
+
 def test_a_failed_build_falls_back_or_fails_as_asked(monkeypatch, tmp_path):
     """No working compiler, or a cache folder that cannot be made: the layers warn once, naming the cause, and run
     the eager passes; with DIST_HYENA_NATIVE=1 the failure is an error that names the setting. Nothing half-written
