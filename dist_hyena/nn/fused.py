@@ -257,72 +257,26 @@ class GateNorm(torch.autograd.Function):
 
 
 class CompactMLP(torch.autograd.Function):
-    """A one-layer Clifford MLP on a compact input (vectors and scalars), read out, in one Function on CPU tensors:
+    """A one-layer Clifford MLP on a compact input (vectors and scalars), read out, as one Function on CPU tensors:
     ``read(last(gate_norm(skip + GP_w(left(x), normalise_s(right(x))))))``, the values and gradients of
-    ``CliffordMLP`` (its layer composition), with autograd's generic per-op work replaced by a hand-written backward.
+    ``CliffordMLP``'s layers one by one. Each direction is one compiled pass over the rows
+    (``native.compact_mlp_forward`` / ``_backward``): a row's three input maps (the scalars into blade 0, the vectors
+    into blades 1-3), the product over its 16 compact terms, the gate, the layer norm and the read, none of it as a
+    separate tensor op; backward recomputes the row's intermediates from the input and keeps nothing else.
 
-    The three input maps are two matrix products into one packed ``[4, rows, 3 H]`` tensor (blade 0 from the
-    scalars, blades 1-3 from the vectors; channel blocks left | right | skip); the product over its 16 compact terms,
-    the gate and the layer norm are one compiled pass (``native.compact_layer_forward``) that writes the hidden
-    layer's blades 0-3, the only ones the last map reads; the read is two more matrix products.
-
-    Arguments: ``vectors [rows, Cv, 3]``, ``scalars [rows, S]``, ``read = (n_vectors, n_scalars)``, ``squared``
-    (the gate's invariant), then the parameters: left weight, right weight and bias, skip weight and bias, path
-    weights, norm gate, gate scale and shift, layer-norm scale (or None), last weight and bias."""
+    Arguments: ``vectors [rows, Cv, 3]``, ``scalars [rows, S]``, ``read = (n_vectors, n_scalars)``, ``squared`` (the
+    gate's invariant), then the parameters: left weight, right weight and bias, skip weight and bias, path weights,
+    norm gate, gate scale and shift, layer-norm scale (or None), last weight and bias."""
 
     @staticmethod
-    def forward(ctx, vectors, scalars, read, squared, left_w, right_w, right_b, skip_w, skip_b, path_w, norm_gate,
-                scale, shift, ln_scale, last_w, last_b):
-        rows, cv = vectors.shape[:2]
-        hidden = path_w.shape[1]
-        half = 1 / 2**0.5
-        w0 = torch.cat([left_w[0, cv:], right_w[0, cv:], skip_w[0, cv:] * half], 1)  # scalars -> blade 0
-        w1 = torch.cat([left_w[1, :cv], right_w[1, :cv], skip_w[1, :cv] * half], 1)  # vectors -> blades 1-3
-        vectors3 = vectors.permute(2, 0, 1).reshape(3 * rows, cv)
-        packed = scalars.new_empty(4, rows, 3 * hidden)
-        torch.addmm(torch.cat([right_b.new_zeros(hidden), right_b, skip_b * half]), scalars, w0, out=packed[0])
-        torch.mm(vectors3, w1, out=packed[1:].view(3 * rows, 3 * hidden))
-        s = torch.sigmoid(norm_gate)
-        h = native.compact_layer_forward(packed, path_w * half, s, scale, shift, ln_scale, squared, EPS)
-        nv, ns = read
-        out_s = torch.addmm(last_b[nv : nv + ns], h[0], last_w[0, :, nv : nv + ns])
-        out_v = torch.mm(h[1:].view(3 * rows, hidden), last_w[1, :, :nv]).view(3, rows, nv).permute(1, 2, 0)
-        ctx.save_for_backward(vectors3, scalars, w0, w1, packed, h, path_w, s, scale, shift, ln_scale, last_w)
-        ctx.read, ctx.squared, ctx.weight_shape = read, squared, left_w.shape
-        return out_v, out_s
+    def forward(ctx, vectors, scalars, read, squared, *params):
+        ctx.save_for_backward(vectors, scalars, *params)
+        ctx.read, ctx.squared = read, squared
+        return native.compact_mlp_forward(vectors, scalars, read, params, squared, EPS)
 
     @staticmethod
     def backward(ctx, grad_v, grad_s):
-        vectors3, scalars, w0, w1, packed, h, path_w, s, scale, shift, ln_scale, last_w = ctx.saved_tensors
-        (nv, ns), weight_shape = ctx.read, ctx.weight_shape
-        rows, hidden, cv = scalars.shape[0], path_w.shape[1], vectors3.shape[1]
-        half = 1 / 2**0.5
-        grad_v3 = grad_v.permute(2, 0, 1).reshape(3 * rows, nv)
-        h3 = h[1:].view(3 * rows, hidden)
-        grad_last_w = last_w.new_zeros(last_w.shape)
-        grad_last_w[0, :, nv : nv + ns] = h[0].T @ grad_s
-        grad_last_w[1, :, :nv] = h3.T @ grad_v3
-        grad_last_b = last_w.new_zeros(last_w.shape[2])
-        grad_last_b[nv : nv + ns] = grad_s.sum(0)
-        grad_h = h.new_empty(h.shape)
-        torch.mm(grad_s, last_w[0, :, nv : nv + ns].T, out=grad_h[0])
-        torch.mm(grad_v3, last_w[1, :, :nv].T, out=grad_h[1:].view(3 * rows, hidden))
-        grad_packed, grad_w, grad_gate_s, grad_scale, grad_shift, grad_ln = native.compact_layer_backward(
-            grad_h, packed, path_w * half, s, scale, shift, ln_scale, ctx.squared, EPS)
-        grad_p0, grad_p3 = grad_packed[0], grad_packed[1:].view(3 * rows, 3 * hidden)
-        grad_w0, grad_w1, grad_b0 = scalars.T @ grad_p0, vectors3.T @ grad_p3, grad_p0.sum(0)
-        weights = []
-        for part, factor in ((0, 1.0), (1, 1.0), (2, half)):
-            block = slice(part * hidden, (part + 1) * hidden)
-            g = grad_w0.new_zeros(weight_shape)
-            torch.mul(grad_w0[:, block], factor, out=g[0, cv:])
-            torch.mul(grad_w1[:, block], factor, out=g[1, :cv])
-            weights.append(g)
-        grad_vectors = grad_scalars = None
-        if ctx.needs_input_grad[0]:
-            grad_vectors = (grad_p3 @ w1.T).view(3, rows, cv).permute(1, 2, 0)
-        if ctx.needs_input_grad[1]:
-            grad_scalars = grad_p0 @ w0.T
-        return (grad_vectors, grad_scalars, None, None, weights[0], weights[1], grad_b0[hidden : 2 * hidden],
-                weights[2], grad_b0[2 * hidden :] * half, grad_w * half, grad_gate_s * s * (1 - s), grad_scale,
-                grad_shift, grad_ln, grad_last_w, grad_last_b)
+        vectors, scalars, *params = ctx.saved_tensors
+        grad_vectors, grad_scalars, grads = native.compact_mlp_backward(
+            grad_v, grad_s, vectors, scalars, ctx.read, params, ctx.squared, EPS, ctx.needs_input_grad[:2])
+        return grad_vectors, grad_scalars, None, None, *grads

@@ -472,14 +472,15 @@ DH_INLINE void compact_layer_forward(const T* a, const T* x, const T* skip, cons
 }
 
 // Backward of compact_layer_forward, from the gradient of its blades 0-3 (grad, [4, rows, C]): grad_a, grad_x and
-// grad_skip written (channel blocks of one packed [4, rows, ld] tensor); grad_w [NPATH, C], grad_s, grad_scale,
-// grad_shift [4, C] and grad_ln [C] accumulated. ``work``: 20 C scratch values.
+// grad_skip written (channel blocks of one packed [4, rows, ld] tensor), and the forward's output again (out, the
+// last map's weight gradient reads it); grad_w [NPATH, C], grad_s, grad_scale, grad_shift [4, C] and grad_ln [C]
+// accumulated. ``work``: 20 C scratch values.
 template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
 DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, const T* skip, const T* w, const T* s,
                                       const T* scale, const T* shift, const T* ln_scale, T* grad_a, T* grad_x,
-                                      T* grad_skip, T* grad_w, T* grad_s, T* grad_scale, T* grad_shift, T* grad_ln,
-                                      T* work, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows,
-                                      int64_t C, T eps) {
+                                      T* grad_skip, T* out, T* grad_w, T* grad_s, T* grad_scale, T* grad_shift,
+                                      T* grad_ln, T* work, int64_t in_stride, int64_t ld, int64_t out_stride,
+                                      int64_t rows, int64_t C, T eps) {
     const T eps2 = eps * eps;
     // scratch per channel: h [7], and for grades 0-2 n2 [3], inv [3], gate [3]; e [2] (sum over a grade's blades of
     // gy_b h_b: grades 0 and 1, the blades with a gradient), m, d
@@ -547,6 +548,7 @@ DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, con
             }
             gh[0] += dinv0;
             gh[7] = V{};
+            DH_UNROLL for (int b = 0; b < 4; ++b) store(out + b * out_stride + r * C + ch, hv[b] * f1[GRADE[b]], n);
             DH_UNROLL for (int b = 0; b < 4; ++b) store(grad_skip + b * in_stride + at, gh[b], n);
             V av[4], xv[4], bv[4], norm[4], inv[4];
             DH_UNROLL for (int b = 0; b < 4; ++b) {
@@ -596,38 +598,211 @@ DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, con
     }
 }
 
-template <typename T>
-DH_INLINE void compact_layer_forward_any(int flags, const T* a, const T* x, const T* skip, const T* w, const T* s,
-                                         const T* scale, const T* shift, const T* ln_scale, T* out, int64_t in_stride,
-                                         int64_t ld, int64_t out_stride, int64_t rows, int64_t C, T eps) {
-    std::vector<T> work(6 * C);
-#define DH_CASE(L, S)                                                                                               \
-    case (L) << 1 | (S) << 2:                                                                                       \
-        return compact_layer_forward<T, L, S>(a, x, skip, w, s, scale, shift, ln_scale, out, work.data(), in_stride, \
-                                              ld, out_stride, rows, C, eps);
-    switch (flags & 6) {
-        DH_CASE(1, 0) DH_CASE(1, 1) DH_CASE(0, 0) DH_CASE(0, 1)
-    }
-#undef DH_CASE
-}
+// ---- A one-layer Clifford MLP on a compact input, read out: the whole map (fused.CompactMLP) ----
+//
+// vec [rows, Cv, 3] and sca [rows, S] -> out_v [rows, nv, 3] (vector blades of the last map's first nv channels)
+// and out_s [rows, ns] (scalar blade of the next ns), with the parameters in their modules' own layouts: the input
+// maps' weights [4, In, H] (In = Cv + S; grade 0 reads the scalar channels Cv.., grade 1 the vector channels) and
+// biases [H], the path weights [NPATH, H], the norm gate, gate scale and shift [4, H], the layer-norm scale [H] (or
+// null), the last map's weight [4, H, O] and bias [O]. Each row is one pass: the three input maps into a row of
+// packed operands [4, 3 H] (a | x | skip), the compact layer, the read. The matrices are small (In, nv, ns of a few
+// to a few tens): loops over packs of output channels, a broadcast input value times a contiguous weight row.
 
 template <typename T>
-DH_INLINE void compact_layer_backward_any(int flags, const T* grad, const T* a, const T* x, const T* skip, const T* w,
-                                          const T* s, const T* scale, const T* shift, const T* ln_scale, T* grad_a,
-                                          T* grad_x, T* grad_skip, T* grad_w, T* grad_s, T* grad_scale, T* grad_shift,
-                                          T* grad_ln, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows,
-                                          int64_t C, T eps) {
-    std::vector<T> work(20 * C);
-#define DH_CASE(L, S)                                                                                               \
-    case (L) << 1 | (S) << 2:                                                                                       \
-        return compact_layer_backward<T, L, S>(grad, a, x, skip, w, s, scale, shift, ln_scale, grad_a, grad_x,       \
-                                               grad_skip, grad_w, grad_s, grad_scale, grad_shift, grad_ln,           \
-                                               work.data(), in_stride, ld, out_stride, rows, C, eps);
-    switch (flags & 6) {
-        DH_CASE(1, 0) DH_CASE(1, 1) DH_CASE(0, 0) DH_CASE(0, 1)
+struct MLPShape {
+    int64_t Cv, S, H, O, nv, ns;
+    int64_t in() const { return Cv + S; }
+};
+
+// What a call derives from the parameters once: the input maps' grade-0 and grade-1 weights as [S, 3 H] and
+// [Cv, 3 H] with their blocks side by side (the skip's scaled by 1/sqrt(2), as GeometricProduct does), the biases
+// [3 H] (the left map has none), the path weights times 1/sqrt(2), s = sigmoid(norm gate), and the last map's read
+// columns transposed ([ns, H], [nv, H]) for the backward's products.
+template <typename T>
+struct MLPParams {
+    std::vector<T> w0, w1, bias, pw, sg, last0t, last1t;
+
+    MLPParams(const MLPShape<T>& d, const T* const* maps, const T* right_b, const T* skip_b, const T* path_w,
+              const T* norm_gate, const T* last_w) {
+        const int64_t H = d.H, ld = 3 * H, in = d.in();
+        const T half = T(1) / std::sqrt(T(2));
+        w0.resize(d.S * ld);
+        w1.resize(d.Cv * ld);
+        bias.assign(ld, T(0));
+        for (int part = 0; part < 3; ++part) {
+            const T f = part == 2 ? half : T(1);
+            for (int64_t i = 0; i < d.S; ++i)
+                for (int64_t h = 0; h < H; ++h) w0[i * ld + part * H + h] = f * maps[part][(d.Cv + i) * H + h];
+            for (int64_t c = 0; c < d.Cv; ++c)
+                for (int64_t h = 0; h < H; ++h) w1[c * ld + part * H + h] = f * maps[part][in * H + c * H + h];
+        }
+        for (int64_t h = 0; h < H; ++h) {
+            bias[H + h] = right_b[h];
+            bias[2 * H + h] = half * skip_b[h];
+        }
+        pw.resize(NPATH * H);
+        for (int64_t i = 0; i < NPATH * H; ++i) pw[i] = half * path_w[i];
+        sg.resize(4 * H);
+        for (int64_t i = 0; i < 4 * H; ++i) sg[i] = T(1) / (T(1) + std::exp(-norm_gate[i]));
+        last0t.resize(d.ns * H);
+        last1t.resize(d.nv * H);
+        for (int64_t h = 0; h < H; ++h) {
+            for (int64_t j = 0; j < d.ns; ++j) last0t[j * H + h] = last_w[h * d.O + d.nv + j];
+            for (int64_t c = 0; c < d.nv; ++c) last1t[c * H + h] = last_w[H * d.O + h * d.O + c];
+        }
     }
-#undef DH_CASE
+};
+
+// One row's packed operands p [4, 3 H]: blade 0 = bias + sca w0, blades 1-3 = vec's components through w1.
+template <typename T, typename V = typename Lanes<T>::V>
+DH_INLINE void input_maps(const T* vec, const T* sca, const MLPShape<T>& d, const MLPParams<T>& m, T* p) {
+    const int64_t ld = 3 * d.H;
+    over_packs<T>(ld, [&](int64_t o, auto n) DH_LAMBDA {
+        V acc = load(m.bias.data() + o, n);
+        for (int64_t i = 0; i < d.S; ++i) acc += sca[i] * load(m.w0.data() + i * ld + o, n);
+        store(p + o, acc, n);
+        DH_UNROLL for (int k = 0; k < 3; ++k) {
+            V v = {};
+            for (int64_t c = 0; c < d.Cv; ++c) v += vec[c * 3 + k] * load(m.w1.data() + c * ld + o, n);
+            store(p + (1 + k) * ld + o, v, n);
+        }
+    });
 }
+
+template <typename T, typename V = typename Lanes<T>::V>
+DH_INLINE V dot_pack(const T* a, const T* b, int64_t n_total) {
+    V acc = {};
+    over_packs<T>(n_total, [&](int64_t o, auto n) DH_LAMBDA { acc += load(a + o, n) * load(b + o, n); });
+    return acc;
+}
+
+// ``work``: (12 + 4 + 6) H scratch values per call.
+template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+DH_INLINE void compact_mlp_forward(const T* vec, const T* sca, const MLPShape<T>& d, const MLPParams<T>& m,
+                                   const T* scale, const T* shift, const T* ln_scale, const T* last_w,
+                                   const T* last_b, T* out_v, T* out_s, int64_t rows, T eps) {
+    const int64_t H = d.H, ld = 3 * H;
+    std::vector<T> scratch(22 * H);
+    T *p = scratch.data(), *h = p + 4 * ld, *work = h + 4 * H;
+    for (int64_t r = 0; r < rows; ++r) {
+        input_maps<T>(vec + r * d.Cv * 3, sca + r * d.S, d, m, p);
+        compact_layer_forward<T, LN, SQUARED>(p, p + H, p + 2 * H, m.pw.data(), m.sg.data(), scale, shift, ln_scale,
+                                              h, work, ld, ld, H, 1, H, eps);
+        // the read: dot products over the hidden channels (nv and ns are too few to fill packs)
+        for (int64_t j = 0; j < d.ns; ++j)
+            out_s[r * d.ns + j] = last_b[d.nv + j] + lane_sum<T>(dot_pack<T>(h, m.last0t.data() + j * H, H));
+        for (int64_t c = 0; c < d.nv; ++c)
+            DH_UNROLL for (int k = 0; k < 3; ++k)
+                out_v[(r * d.nv + c) * 3 + k] = lane_sum<T>(dot_pack<T>(h + (1 + k) * H, m.last1t.data() + c * H, H));
+    }
+}
+
+// Parameter gradients of compact_mlp_backward, accumulated in the parameters' own layouts (null: not wanted, for
+// the layer-norm scale when there is none).
+template <typename T>
+struct MLPGrads {
+    T *maps[3], *right_b, *skip_b, *path_w, *norm_gate, *scale, *shift, *ln_scale, *last_w, *last_b;
+};
+
+// The backward of compact_mlp_forward from grad_v [rows, nv, 3] and grad_s [rows, ns]: grad_vec and grad_sca written
+// (each may be null: not wanted), the parameter gradients accumulated into g.
+template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+DH_INLINE void compact_mlp_backward(const T* grad_v, const T* grad_s, const T* vec, const T* sca,
+                                    const MLPShape<T>& d, const MLPParams<T>& m, const T* scale, const T* shift,
+                                    const T* ln_scale, T* grad_vec, T* grad_sca, const MLPGrads<T>& g,
+                                    int64_t rows, T eps) {
+    const int64_t H = d.H, ld = 3 * H, in = d.in();
+    // per row: p, gp [4, 3 H]; h, gh [4, H]; the layer's work (20 H); grad_v by component [3, nv]
+    std::vector<T> scratch(8 * ld + 8 * H + 20 * H + 3 * d.nv);
+    T *p = scratch.data(), *gp = p + 4 * ld, *h = gp + 4 * ld, *gh = h + 4 * H, *work = gh + 4 * H,
+      *gvk = work + 20 * H;
+    // accumulated over the rows, unpacked into g at the end
+    std::vector<T> acc(d.S * ld + d.Cv * ld + ld + NPATH * H + 4 * H + (d.ns + d.nv) * H, T(0));
+    T *gw0 = acc.data(), *gw1 = gw0 + d.S * ld, *gbias = gw1 + d.Cv * ld, *gpw = gbias + ld, *gsg = gpw + NPATH * H,
+      *gl0t = gsg + 4 * H, *gl1t = gl0t + d.ns * H;  // the last map's read columns, transposed as m.last0t, last1t
+    for (int64_t r = 0; r < rows; ++r) {
+        const T *vr = vec + r * d.Cv * 3, *sr = sca + r * d.S, *gs = grad_s + r * d.ns;
+        for (int64_t c = 0; c < d.nv; ++c)
+            for (int k = 0; k < 3; ++k) gvk[k * d.nv + c] = grad_v[(r * d.nv + c) * 3 + k];
+        // the read's backward: the gradient of the layer's blades 0-3
+        over_packs<T>(H, [&](int64_t i, auto n) DH_LAMBDA {
+            V a0 = {};
+            for (int64_t j = 0; j < d.ns; ++j) a0 += gs[j] * load(m.last0t.data() + j * H + i, n);
+            store(gh + i, a0, n);
+            DH_UNROLL for (int k = 0; k < 3; ++k) {
+                V a = {};
+                for (int64_t c = 0; c < d.nv; ++c) a += gvk[k * d.nv + c] * load(m.last1t.data() + c * H + i, n);
+                store(gh + (1 + k) * H + i, a, n);
+            }
+
+        });
+        input_maps<T>(vr, sr, d, m, p);
+        compact_layer_backward<T, LN, SQUARED>(gh, p, p + H, p + 2 * H, m.pw.data(), m.sg.data(), scale, shift,
+                                               ln_scale, gp, gp + H, gp + 2 * H, h, gpw, gsg, g.scale, g.shift,
+                                               g.ln_scale, work, ld, ld, H, 1, H, eps);
+        // the last map's gradients, over packs of hidden channels
+        over_packs<T>(H, [&](int64_t i, auto n) DH_LAMBDA {
+            const V h0 = load(h + i, n), h1 = load(h + H + i, n), h2 = load(h + 2 * H + i, n),
+                    h3 = load(h + 3 * H + i, n);
+            for (int64_t j = 0; j < d.ns; ++j) store(gl0t + j * H + i, load(gl0t + j * H + i, n) + gs[j] * h0, n);
+            for (int64_t c = 0; c < d.nv; ++c) {
+                const V a = gvk[c] * h1 + gvk[d.nv + c] * h2 + gvk[2 * d.nv + c] * h3;
+                store(gl1t + c * H + i, load(gl1t + c * H + i, n) + a, n);
+            }
+        });
+        for (int64_t j = 0; j < d.ns; ++j) g.last_b[d.nv + j] += gs[j];
+        // the input maps' gradients: weights and biases accumulated, inputs written
+        over_packs<T>(ld, [&](int64_t o, auto n) DH_LAMBDA {
+            const V g0 = load(gp + o, n);
+            store(gbias + o, load(gbias + o, n) + g0, n);
+            for (int64_t i = 0; i < d.S; ++i) store(gw0 + i * ld + o, load(gw0 + i * ld + o, n) + sr[i] * g0, n);
+            for (int64_t c = 0; c < d.Cv; ++c) {
+                V a = load(gw1 + c * ld + o, n);
+                DH_UNROLL for (int k = 0; k < 3; ++k) a += vr[c * 3 + k] * load(gp + (1 + k) * ld + o, n);
+                store(gw1 + c * ld + o, a, n);
+            }
+        });
+        if (grad_sca)
+            for (int64_t i = 0; i < d.S; ++i)
+                grad_sca[r * d.S + i] = lane_sum<T>(dot_pack<T>(gp, m.w0.data() + i * ld, ld));
+        if (grad_vec)
+            for (int64_t c = 0; c < d.Cv; ++c)
+                DH_UNROLL for (int k = 0; k < 3; ++k)
+                    grad_vec[(r * d.Cv + c) * 3 + k] = lane_sum<T>(dot_pack<T>(gp + (1 + k) * ld, m.w1.data() + c * ld, ld));
+    }
+    const T half = T(1) / std::sqrt(T(2));
+    for (int part = 0; part < 3; ++part) {
+        const T f = part == 2 ? half : T(1);
+        for (int64_t i = 0; i < d.S; ++i)
+            for (int64_t k = 0; k < H; ++k) g.maps[part][(d.Cv + i) * H + k] += f * gw0[i * ld + part * H + k];
+        for (int64_t c = 0; c < d.Cv; ++c)
+            for (int64_t k = 0; k < H; ++k) g.maps[part][in * H + c * H + k] += f * gw1[c * ld + part * H + k];
+    }
+    for (int64_t k = 0; k < H; ++k) {
+        g.right_b[k] += gbias[H + k];
+        g.skip_b[k] += half * gbias[2 * H + k];
+    }
+    for (int64_t k = 0; k < H; ++k) {
+        for (int64_t j = 0; j < d.ns; ++j) g.last_w[k * d.O + d.nv + j] += gl0t[j * H + k];
+        for (int64_t c = 0; c < d.nv; ++c) g.last_w[H * d.O + k * d.O + c] += gl1t[c * H + k];
+    }
+    for (int64_t i = 0; i < NPATH * H; ++i) g.path_w[i] += half * gpw[i];
+    for (int64_t i = 0; i < 4 * H; ++i) g.norm_gate[i] += gsg[i] * m.sg[i] * (T(1) - m.sg[i]);
+}
+
+// The exported entry points' shared part: the shapes, the derived parameters, and the (layer norm, invariant) case.
+template <typename T>
+struct MLPCall {
+    MLPShape<T> d;
+    MLPParams<T> m;
+    int flags;
+
+    MLPCall(int flags, const int64_t* dims, const T* left_w, const T* right_w, const T* right_b, const T* skip_w,
+            const T* skip_b, const T* path_w, const T* norm_gate, const T* last_w)
+        : d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]},
+          m(d, std::vector<const T*>{left_w, right_w, skip_w}.data(), right_b, skip_b, path_w, norm_gate, last_w),
+          flags(flags & 6) {}
+};
 
 template <typename T>
 DH_INLINE void gate_norm_forward_any(int flags, const T* h, const T* scale, const T* shift, const T* ln_scale, T* out,
@@ -659,6 +834,15 @@ DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, cons
 
 }  // namespace
 
+// The (layer norm, squared invariant) cases of flags (2 layer norm, 4 squared-norm invariant) as template arguments.
+#define DH_MLP_CASES(T, FN, ...)                                                                                       \
+    switch (call.flags) {                                                                                           \
+        case 2: return FN<T, true, false>(__VA_ARGS__);                                                             \
+        case 6: return FN<T, true, true>(__VA_ARGS__);                                                              \
+        case 0: return FN<T, false, false>(__VA_ARGS__);                                                            \
+        case 4: return FN<T, false, true>(__VA_ARGS__);                                                             \
+    }
+
 // The exported symbols, one per dtype (f32, f64), called through ctypes (native.py). flags: 1 gated, 2 layer norm,
 // 4 squared-norm invariant.
 #define DH_EXPORT(T, SUFFIX)                                                                                        \
@@ -687,21 +871,27 @@ DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, cons
         gate_norm_backward_any<T>(flags, grad, h, scale, shift, ln_scale, grad_h, grad_scale, grad_shift, grad_ln,   \
                                   stride, rows, C, T(eps));                                                          \
     }                                                                                                                \
-    extern "C" DH_CLONES void compact_layer_forward_##SUFFIX(                                                      \
-        int flags, const T* a, const T* x, const T* skip, const T* w, const T* s, const T* scale, const T* shift,    \
-        const T* ln_scale, T* out, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows, int64_t C,       \
+    extern "C" DH_CLONES void compact_mlp_forward_##SUFFIX(                                                        \
+        int flags, const int64_t* dims, const T* vec, const T* sca, const T* left_w, const T* right_w,              \
+        const T* right_b, const T* skip_w, const T* skip_b, const T* path_w, const T* norm_gate, const T* scale,     \
+        const T* shift, const T* ln_scale, const T* last_w, const T* last_b, T* out_v, T* out_s, int64_t rows,      \
         double eps) {                                                                                                \
-        compact_layer_forward_any<T>(flags, a, x, skip, w, s, scale, shift, ln_scale, out, in_stride, ld,            \
-                                     out_stride, rows, C, T(eps));                                                   \
+        const MLPCall<T> call(flags, dims, left_w, right_w, right_b, skip_w, skip_b, path_w, norm_gate, last_w);    \
+        DH_MLP_CASES(T, compact_mlp_forward, vec, sca, call.d, call.m, scale, shift, ln_scale, last_w, last_b, out_v,   \
+                     out_s, rows, T(eps))                                                                            \
     }                                                                                                                \
-    extern "C" DH_CLONES void compact_layer_backward_##SUFFIX(                                                     \
-        int flags, const T* grad, const T* a, const T* x, const T* skip, const T* w, const T* s, const T* scale,     \
-        const T* shift, const T* ln_scale, T* grad_a, T* grad_x, T* grad_skip, T* grad_w, T* grad_s,                 \
-        T* grad_scale, T* grad_shift, T* grad_ln, int64_t in_stride, int64_t ld, int64_t out_stride, int64_t rows,   \
-        int64_t C, double eps) {                                                                                     \
-        compact_layer_backward_any<T>(flags, grad, a, x, skip, w, s, scale, shift, ln_scale, grad_a, grad_x,         \
-                                      grad_skip, grad_w, grad_s, grad_scale, grad_shift, grad_ln, in_stride, ld,     \
-                                      out_stride, rows, C, T(eps));                                                  \
+    extern "C" DH_CLONES void compact_mlp_backward_##SUFFIX(                                                       \
+        int flags, const int64_t* dims, const T* grad_v, const T* grad_s, const T* vec, const T* sca,               \
+        const T* left_w, const T* right_w, const T* right_b, const T* skip_w, const T* skip_b, const T* path_w,      \
+        const T* norm_gate, const T* scale, const T* shift, const T* ln_scale, const T* last_w, T* grad_vec,         \
+        T* grad_sca, T* g_left_w, T* g_right_w, T* g_right_b, T* g_skip_w, T* g_skip_b, T* g_path_w,                \
+        T* g_norm_gate, T* g_scale, T* g_shift, T* g_ln_scale, T* g_last_w, T* g_last_b, int64_t rows,              \
+        double eps) {                                                                                                \
+        const MLPCall<T> call(flags, dims, left_w, right_w, right_b, skip_w, skip_b, path_w, norm_gate, last_w);    \
+        const MLPGrads<T> g{{g_left_w, g_right_w, g_skip_w}, g_right_b, g_skip_b, g_path_w, g_norm_gate, g_scale,    \
+                            g_shift, g_ln_scale, g_last_w, g_last_b};                                                \
+        DH_MLP_CASES(T, compact_mlp_backward, grad_v, grad_s, vec, sca, call.d, call.m, scale, shift, ln_scale,         \
+                     grad_vec, grad_sca, g, rows, T(eps))                                                            \
     }
 
 DH_EXPORT(float, f32)

@@ -111,8 +111,9 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, f"product_backward_{suffix}").argtypes = [p] * 9 + [i64, i64, i64, f64]
         getattr(lib, f"gate_norm_forward_{suffix}").argtypes = [i32] + [p] * 5 + [i64, i64, i64, f64]
         getattr(lib, f"gate_norm_backward_{suffix}").argtypes = [i32] + [p] * 9 + [i64, i64, i64, f64]
-        getattr(lib, f"compact_layer_forward_{suffix}").argtypes = [i32] + [p] * 9 + [i64] * 5 + [f64]
-        getattr(lib, f"compact_layer_backward_{suffix}").argtypes = [i32] + [p] * 17 + [i64] * 5 + [f64]
+        dims = ctypes.POINTER(i64)
+        getattr(lib, f"compact_mlp_forward_{suffix}").argtypes = [i32, dims] + [p] * 16 + [i64, f64]
+        getattr(lib, f"compact_mlp_backward_{suffix}").argtypes = [i32, dims] + [p] * 29 + [i64, f64]
     return lib
 
 
@@ -217,39 +218,41 @@ def gate_norm_backward(grad, h, scale, shift, ln_scale, squared: bool, eps: floa
     return grad_h, *grads
 
 
-def _parts(packed: torch.Tensor, row0: int) -> list[int]:
-    """Pointers to row ``row0`` of the three channel blocks (a, x, skip) of a packed ``[4, rows, 3 C]`` operand."""
-    block = packed.shape[2] // 3
-    return [_ptr(packed, row0, packed.shape[2]) + part * block * packed.element_size() for part in range(3)]
+
+def _mlp_call(name: str, vectors, scalars, read, params, squared: bool):
+    """The kernel, its flags and its dims array (Cv, S, H, O, nv, ns) for :func:`compact_mlp_forward` and backward."""
+    dims = (ctypes.c_int64 * 6)(vectors.shape[1], scalars.shape[1], params[5].shape[1], params[10].shape[2], *read)
+    return _fn(name, scalars), _flags(params[7], params[9], squared), dims
 
 
-def compact_layer_forward(packed, w, s, scale, shift, ln_scale, squared: bool, eps: float) -> torch.Tensor:
-    """Blades 0-3 of ``gate_norm(skip + GP_w(a, normalise_s(x)))`` ``[4, rows, C]`` (``fused.CompactMLP``) from the
-    compact operands packed as channel blocks ``[a | x | skip]`` of ``packed [4, rows, 3 C]``."""
-    packed, w, s, scale, shift, ln_scale = (None if t is None else t.contiguous()
-                                            for t in (packed, w, s, scale, shift, ln_scale))
-    _, rows, ld = packed.shape
-    channels = ld // 3
-    out = packed.new_empty(4, rows, channels)
-    fn, flags = _fn("compact_layer_forward", packed), _flags(scale, ln_scale, squared)
-    _over_rows(rows, channels, lambda r0, r1, _: fn(
-        flags, *_parts(packed, r0), _ptr(w), _ptr(s), _ptr(scale), _ptr(shift), _ptr(ln_scale),
-        _ptr(out, r0, channels), rows * ld, ld, rows * channels, r1 - r0, channels, eps), [])
-    return out
+def compact_mlp_forward(vectors, scalars, read, params, squared: bool, eps: float):
+    """A one-layer Clifford MLP on compact rows, read out (``fused.CompactMLP``): ``vectors [rows, Cv, 3]``, ``scalars
+    [rows, S]`` -> ``(vectors [rows, nv, 3], scalars [rows, ns])`` for ``read = (nv, ns)``. ``params``: left weight,
+    right weight and bias, skip weight and bias, path weights, norm gate, gate scale and shift, layer-norm scale (or
+    None), last weight and bias, in their modules' layouts."""
+    vectors, scalars, *params = (None if t is None else t.contiguous() for t in (vectors, scalars, *params))
+    (rows, cv), width, (nv, ns) = vectors.shape[:2], scalars.shape[1], read
+    out_v, out_s = scalars.new_empty(rows, nv, 3), scalars.new_empty(rows, ns)
+    fn, flags, dims = _mlp_call("compact_mlp_forward", vectors, scalars, read, params, squared)
+    _over_rows(rows, params[5].shape[1], lambda r0, r1, _: fn(
+        flags, dims, _ptr(vectors, r0, 3 * cv), _ptr(scalars, r0, width), *map(_ptr, params), _ptr(out_v, r0, 3 * nv),
+        _ptr(out_s, r0, ns), r1 - r0, eps), [])
+    return out_v, out_s
 
 
-def compact_layer_backward(grad, packed, w, s, scale, shift, ln_scale, squared: bool, eps: float):
-    """Gradients of :func:`compact_layer_forward`: the packed operand's ``[4, rows, 3 C]``, then w, s, scale, shift
-    and ln_scale (None without a layer norm)."""
-    grad, packed, w, s, scale, shift, ln_scale = (None if t is None else t.contiguous()
-                                                  for t in (grad, packed, w, s, scale, shift, ln_scale))
-    _, rows, ld = packed.shape
-    channels = ld // 3
-    grad_packed = torch.empty_like(packed)
-    grads = [None if t is None else torch.zeros_like(t) for t in (w, s, scale, shift, ln_scale)]
-    fn, flags = _fn("compact_layer_backward", packed), _flags(scale, ln_scale, squared)
-    _over_rows(rows, channels, lambda r0, r1, acc: fn(
-        flags, _ptr(grad, r0, channels), *_parts(packed, r0), _ptr(w), _ptr(s), _ptr(scale), _ptr(shift),
-        _ptr(ln_scale), *_parts(grad_packed, r0), *(_ptr(t) for t in acc), rows * ld, ld, rows * channels, r1 - r0,
-        channels, eps), grads)
-    return grad_packed, *grads
+def compact_mlp_backward(grad_v, grad_s, vectors, scalars, read, params, squared: bool, eps: float,
+                         need_inputs: tuple[bool, bool]):
+    """Gradients of :func:`compact_mlp_forward`: of the vectors and the scalars (None where ``need_inputs`` says
+    no), and of every parameter (None for a missing layer-norm scale)."""
+    grad_v, grad_s, vectors, scalars, *params = (None if t is None else t.contiguous()
+                                                 for t in (grad_v, grad_s, vectors, scalars, *params))
+    (rows, cv), width, (nv, ns) = vectors.shape[:2], scalars.shape[1], read
+    grad_vec, grad_sca = (torch.empty_like(t) if need else None
+                          for t, need in zip((vectors, scalars), need_inputs, strict=True))
+    grads = [None if t is None else torch.zeros_like(t) for t in params]
+    fn, flags, dims = _mlp_call("compact_mlp_backward", vectors, scalars, read, params, squared)
+    _over_rows(rows, params[5].shape[1], lambda r0, r1, acc: fn(
+        flags, dims, _ptr(grad_v, r0, 3 * nv), _ptr(grad_s, r0, ns), _ptr(vectors, r0, 3 * cv),
+        _ptr(scalars, r0, width), *map(_ptr, params[:-1]), _ptr(grad_vec, r0, 3 * cv), _ptr(grad_sca, r0, width),
+        *map(_ptr, acc), r1 - r0, eps), grads)
+    return grad_vec, grad_sca, grads
