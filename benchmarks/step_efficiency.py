@@ -72,11 +72,28 @@ def _product_flop(model, x, f) -> int:
 
 
 def _counted(loss) -> int:
-    """The FLOPs ``torch.utils.flop_counter`` counts in one forward and backward of ``loss()``."""
+    """The FLOPs ``torch.utils.flop_counter`` counts in one forward and backward of ``loss()``, with the compiled
+    kernels off: the counter sees tensor ops only, and the compiled MLP (``fused.CompactMLP``) does the same matrix
+    products as the eager layers inside one call."""
+    import os
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        loss().backward()
+    try:
+        from dist_hyena.nn import native
+    except ImportError:  # trees without compiled kernels
+        native = None
+    saved = os.environ.get("DIST_HYENA_NATIVE")
+    os.environ["DIST_HYENA_NATIVE"] = "0"
+    if native is not None:
+        native.library.cache_clear()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            loss().backward()
+    finally:
+        os.environ.pop("DIST_HYENA_NATIVE") if saved is None else os.environ.update(DIST_HYENA_NATIVE=saved)
+        if native is not None:
+            native.library.cache_clear()
     return counter.get_total_flops()
 
 
