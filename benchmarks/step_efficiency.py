@@ -91,7 +91,10 @@ def _counted(loss) -> int:
         with FlopCounterMode(display=False) as counter:
             loss().backward()
     finally:
-        os.environ.pop("DIST_HYENA_NATIVE") if saved is None else os.environ.update(DIST_HYENA_NATIVE=saved)
+        if saved is None:
+            del os.environ["DIST_HYENA_NATIVE"]
+        else:
+            os.environ["DIST_HYENA_NATIVE"] = saved
         if native is not None:
             native.library.cache_clear()
     return counter.get_total_flops()
