@@ -63,7 +63,7 @@ def _product_flop(model, x, f) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, GeometricProduct)]
     try:
-        with torch.no_grad():
+        with _layers_one_by_one(), torch.no_grad():
             model(x, f)
     finally:
         for h in handles:
@@ -71,32 +71,22 @@ def _product_flop(model, x, f) -> int:
     return total[0]
 
 
-def _counted(loss) -> int:
-    """The FLOPs ``torch.utils.flop_counter`` counts in one forward and backward of ``loss()``, with the compiled
-    kernels off: the counter sees tensor ops only, and the compiled MLP (``fused.CompactMLP``) does the same matrix
-    products as the eager layers inside one call."""
-    import os
+def _layers_one_by_one():
+    """Every Clifford MLP runs its layers as modules and tensor ops (``CliffordMLP._fusable`` off): what the FLOP
+    counter and the product hooks see. The compiled MLP (``fused.CompactMLP``) does the same products in one call."""
+    from unittest import mock
 
+    from dist_hyena.nn import clifford
+
+    return mock.patch.object(clifford.CliffordMLP, "_fusable", lambda self, x: False, create=True)
+
+
+def _counted(loss) -> int:
+    """The FLOPs ``torch.utils.flop_counter`` counts in one forward and backward of ``loss()``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    try:
-        from dist_hyena.nn import native
-    except ImportError:  # trees without compiled kernels
-        native = None
-    saved = os.environ.get("DIST_HYENA_NATIVE")
-    os.environ["DIST_HYENA_NATIVE"] = "0"
-    if native is not None:
-        native.library.cache_clear()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            loss().backward()
-    finally:
-        if saved is None:
-            del os.environ["DIST_HYENA_NATIVE"]
-        else:
-            os.environ["DIST_HYENA_NATIVE"] = saved
-        if native is not None:
-            native.library.cache_clear()
+    with _layers_one_by_one(), FlopCounterMode(display=False) as counter:
+        loss().backward()
     return counter.get_total_flops()
 
 

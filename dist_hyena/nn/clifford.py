@@ -207,28 +207,30 @@ class CliffordMLP(nn.Module):
         """``x``: multivector channels ``[8, ..., in]`` or an :class:`algebra.Compact` (its zeros are skipped).
         ``read=(n_vectors, n_scalars)``: return ``algebra.read(output, n_vectors, n_scalars)``, computing only
         the output blades and channels read."""
-        if read is not None and isinstance(x, algebra.Compact) and self.n_layers == 1 and native.supports(x.scalars):
+        if read is not None and self._fusable(x):
             vectors, scalars = self._compact_read(x, read)
-            if self.skip is not None:
-                skip_vectors, skip_scalars = self.skip.read(x, *read)
-                vectors, scalars = vectors + skip_vectors, scalars + skip_scalars
-            return vectors, scalars
-        y, layers = x, list(self.net)
-        last = layers.pop()
-        while layers:
-            layer = layers.pop(0)
-            if isinstance(layer, GatedNonlinearity) and layers and isinstance(layers[0], CliffordLayerNorm):
-                y = layer(y, layers.pop(0))  # gate and layer norm in one pass
-            else:
-                y = layer(y)
-        if read is None:
-            y = last(y)
-            return y if self.skip is None else y + self.skip(x)
-        vectors, scalars = last.read(y, *read)
+        else:
+            y, layers = x, list(self.net)
+            last = layers.pop()
+            while layers:
+                layer = layers.pop(0)
+                if isinstance(layer, GatedNonlinearity) and layers and isinstance(layers[0], CliffordLayerNorm):
+                    y = layer(y, layers.pop(0))  # gate and layer norm in one pass
+                else:
+                    y = layer(y)
+            if read is None:
+                y = last(y)
+                return y if self.skip is None else y + self.skip(x)
+            vectors, scalars = last.read(y, *read)
         if self.skip is not None:
             skip_vectors, skip_scalars = self.skip.read(x, *read)
             vectors, scalars = vectors + skip_vectors, scalars + skip_scalars
         return vectors, scalars
+
+    def _fusable(self, x: torch.Tensor | algebra.Compact) -> bool:
+        """Whether ``forward(x, read)`` runs as one :class:`fused.CompactMLP`: a one-layer MLP on a compact input,
+        where the compiled kernels take it (CPU, float32 or float64)."""
+        return isinstance(x, algebra.Compact) and self.n_layers == 1 and native.supports(x.scalars)
 
     def _compact_read(self, x: algebra.Compact, read: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward(x, read)`` of a one-layer MLP on a compact input, as one :class:`fused.CompactMLP` (the compiled

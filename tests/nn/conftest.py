@@ -13,11 +13,3 @@ def kernels(request, monkeypatch):
     yield request.param
     native.library.cache_clear()
 
-
-@pytest.fixture
-def eager_kernels(monkeypatch):
-    """The eager passes only (``DIST_HYENA_NATIVE=0``): every op a tensor op, as torch's FLOP counter sees them."""
-    monkeypatch.setenv(native.ENV, "0")
-    native.library.cache_clear()
-    yield
-    native.library.cache_clear()
