@@ -237,10 +237,7 @@ class CliffordMLP(nn.Module):
         kernels' path; the layers' own composition is its reference)."""
         product, gate, *norm, last = self.net
         algebra.check_read(last.weight.shape[-1], *read)
-        lead = x.scalars.shape[:-1]
-        vectors, scalars = fused.CompactMLP.apply(
-            x.vectors.reshape(-1, *x.vectors.shape[-2:]), x.scalars.reshape(-1, x.scalars.shape[-1]), read,
-            gate.squared, product.left.weight, product.right.weight, product.right.bias, product.skip.weight,
-            product.skip.bias, product.path_weight, product.norm_gate, gate.scale, gate.shift,
+        return fused.CompactMLP.apply(
+            x.vectors, x.scalars, read, gate.squared, product.left.weight, product.right.weight, product.right.bias,
+            product.skip.weight, product.skip.bias, product.path_weight, product.norm_gate, gate.scale, gate.shift,
             norm[0].scale if norm else None, last.weight, last.bias)
-        return vectors.view(*lead, *vectors.shape[1:]), scalars.view(*lead, scalars.shape[-1])

@@ -264,8 +264,8 @@ class CompactMLP(torch.autograd.Function):
     into blades 1-3), the product over its 16 compact terms, the gate, the layer norm and the read, none of it as a
     separate tensor op; backward recomputes the row's intermediates from the input and keeps nothing else.
 
-    Arguments: ``vectors [rows, Cv, 3]``, ``scalars [rows, S]``, ``read = (n_vectors, n_scalars)``, ``squared`` (the
-    gate's invariant), then the parameters: left weight, right weight and bias, skip weight and bias, path weights,
+    Arguments: ``vectors [..., Cv, 3]``, ``scalars [..., S]`` (any leading dims: the rows), ``read = (n_vectors,
+    n_scalars)``, ``squared`` (the gate's invariant), then the parameters: left weight, right weight and bias, skip weight and bias, path weights,
     norm gate, gate scale and shift, layer-norm scale (or None), last weight and bias."""
 
     @staticmethod

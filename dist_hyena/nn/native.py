@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -220,20 +221,22 @@ def gate_norm_backward(grad, h, scale, shift, ln_scale, squared: bool, eps: floa
 
 
 def _mlp_call(name: str, vectors, scalars, read, params, squared: bool):
-    """The kernel, its flags and its dims array (Cv, S, H, O, nv, ns) for :func:`compact_mlp_forward` and backward."""
-    dims = (ctypes.c_int64 * 6)(vectors.shape[1], scalars.shape[1], params[5].shape[1], params[10].shape[2], *read)
-    return _fn(name, scalars), _flags(params[7], params[9], squared), dims
+    """The kernel, its flags, its dims array (Cv, S, H, O, nv, ns) and the number of rows (the leading dims) for
+    :func:`compact_mlp_forward` and backward."""
+    cv, width = vectors.shape[-2], scalars.shape[-1]
+    dims = (ctypes.c_int64 * 6)(cv, width, params[5].shape[1], params[10].shape[2], *read)
+    return _fn(name, scalars), _flags(params[7], params[9], squared), dims, math.prod(scalars.shape[:-1])
 
 
 def compact_mlp_forward(vectors, scalars, read, params, squared: bool, eps: float):
-    """A one-layer Clifford MLP on compact rows, read out (``fused.CompactMLP``): ``vectors [rows, Cv, 3]``, ``scalars
-    [rows, S]`` -> ``(vectors [rows, nv, 3], scalars [rows, ns])`` for ``read = (nv, ns)``. ``params``: left weight,
+    """A one-layer Clifford MLP on compact rows, read out (``fused.CompactMLP``): ``vectors [..., Cv, 3]``, ``scalars
+    [..., S]`` -> ``(vectors [..., nv, 3], scalars [..., ns])`` for ``read = (nv, ns)``. ``params``: left weight,
     right weight and bias, skip weight and bias, path weights, norm gate, gate scale and shift, layer-norm scale (or
     None), last weight and bias, in their modules' layouts."""
     vectors, scalars, *params = (None if t is None else t.contiguous() for t in (vectors, scalars, *params))
-    (rows, cv), width, (nv, ns) = vectors.shape[:2], scalars.shape[1], read
-    out_v, out_s = scalars.new_empty(rows, nv, 3), scalars.new_empty(rows, ns)
-    fn, flags, dims = _mlp_call("compact_mlp_forward", vectors, scalars, read, params, squared)
+    (cv, width), (nv, ns) = (vectors.shape[-2], scalars.shape[-1]), read
+    out_v, out_s = scalars.new_empty(*scalars.shape[:-1], nv, 3), scalars.new_empty(*scalars.shape[:-1], ns)
+    fn, flags, dims, rows = _mlp_call("compact_mlp_forward", vectors, scalars, read, params, squared)
     _over_rows(rows, params[5].shape[1], lambda r0, r1, _: fn(
         flags, dims, _ptr(vectors, r0, 3 * cv), _ptr(scalars, r0, width), *map(_ptr, params), _ptr(out_v, r0, 3 * nv),
         _ptr(out_s, r0, ns), r1 - r0, eps), [])
@@ -246,11 +249,11 @@ def compact_mlp_backward(grad_v, grad_s, vectors, scalars, read, params, squared
     no), and of every parameter (None for a missing layer-norm scale)."""
     grad_v, grad_s, vectors, scalars, *params = (None if t is None else t.contiguous()
                                                  for t in (grad_v, grad_s, vectors, scalars, *params))
-    (rows, cv), width, (nv, ns) = vectors.shape[:2], scalars.shape[1], read
+    (cv, width), (nv, ns) = (vectors.shape[-2], scalars.shape[-1]), read
     grad_vec, grad_sca = (torch.empty_like(t) if need else None
                           for t, need in zip((vectors, scalars), need_inputs, strict=True))
     grads = [None if t is None else torch.zeros_like(t) for t in params]
-    fn, flags, dims = _mlp_call("compact_mlp_backward", vectors, scalars, read, params, squared)
+    fn, flags, dims, rows = _mlp_call("compact_mlp_backward", vectors, scalars, read, params, squared)
     _over_rows(rows, params[5].shape[1], lambda r0, r1, acc: fn(
         flags, dims, _ptr(grad_v, r0, 3 * nv), _ptr(grad_s, r0, ns), _ptr(vectors, r0, 3 * cv),
         _ptr(scalars, r0, width), *map(_ptr, params[:-1]), _ptr(grad_vec, r0, 3 * cv), _ptr(grad_sca, r0, width),
