@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -435,10 +436,11 @@ DH_INLINE void compact_hidden(const T* a, const T* x, const T* skip, int64_t str
 }
 
 // ``work``: 6 C scratch values (the row's blades 0-3 of h and the gates of grades 0 and 1).
-template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+template <typename T, typename V = typename Lanes<T>::V>
 DH_INLINE void compact_layer_forward(const T* a, const T* x, const T* skip, const T* w, const T* s, const T* scale,
                                      const T* shift, const T* ln_scale, T* out, T* work, int64_t in_stride, int64_t ld,
-                                     int64_t out_stride, int64_t rows, int64_t C, T eps) {
+                                     int64_t out_stride, int64_t rows, int64_t C, T eps, bool ln,
+                                     bool squared) {
     const T eps2 = eps * eps;
     for (int64_t r = 0; r < rows; ++r) {
         V msum = {};
@@ -447,9 +449,14 @@ DH_INLINE void compact_layer_forward(const T* a, const T* x, const T* skip, cons
             V av[4], xv[4], bv[4], norm[4], inv[4], hv[8], n2[4], ginv[4], gate[4];
             compact_hidden<T>(a + at, x + at, skip + at, in_stride, w + ch, s + ch, C, n, eps2, av, xv, bv, norm,
                               inv, hv);
-            gate_of<T, true, SQUARED, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
-            if (!LN) {
-                DH_UNROLL for (int b = 0; b < 4; ++b) store(out + b * out_stride + r * C + ch, hv[b] * gate[GRADE[b]], n);
+            if (squared)
+                gate_of<T, true, true, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
+            else
+                gate_of<T, true, false, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
+            if (!ln) {
+                DH_UNROLL for (int b = 0; b < 4; ++b) {
+                    store(out + b * out_stride + r * C + ch, hv[b] * gate[GRADE[b]], n);
+                }
                 return;
             }
             V z2 = V{} + eps2;
@@ -459,7 +466,7 @@ DH_INLINE void compact_layer_forward(const T* a, const T* x, const T* skip, cons
             store(work + 4 * C + ch, gate[0], n);
             store(work + 5 * C + ch, gate[1], n);
         });
-        if (!LN) continue;
+        if (!ln) continue;
         const T rr = T(1) / (lane_sum<T>(msum) / T(C) + eps);
         over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
             const V f = load(ln_scale + ch, n) * rr;
@@ -475,12 +482,12 @@ DH_INLINE void compact_layer_forward(const T* a, const T* x, const T* skip, cons
 // grad_skip written (channel blocks of one packed [4, rows, ld] tensor), and the forward's output again (out, the
 // last map's weight gradient reads it); grad_w [NPATH, C], grad_s, grad_scale, grad_shift [4, C] and grad_ln [C]
 // accumulated. ``work``: 20 C scratch values.
-template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+template <typename T, typename V = typename Lanes<T>::V>
 DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, const T* skip, const T* w, const T* s,
                                       const T* scale, const T* shift, const T* ln_scale, T* grad_a, T* grad_x,
                                       T* grad_skip, T* out, T* grad_w, T* grad_s, T* grad_scale, T* grad_shift,
                                       T* grad_ln, T* work, int64_t in_stride, int64_t ld, int64_t out_stride,
-                                      int64_t rows, int64_t C, T eps) {
+                                      int64_t rows, int64_t C, T eps, bool ln, bool squared) {
     const T eps2 = eps * eps;
     // scratch per channel: h [7], and for grades 0-2 n2 [3], inv [3], gate [3]; e [2] (sum over a grade's blades of
     // gy_b h_b: grades 0 and 1, the blades with a gradient), m, d
@@ -493,7 +500,10 @@ DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, con
             V av[4], xv[4], bv[4], norm[4], inv[4], hv[8], gv[4], n2[4], ginv[4], gate[4], z2 = V{} + eps2, d = {};
             compact_hidden<T>(a + at, x + at, skip + at, in_stride, w + ch, s + ch, C, n, eps2, av, xv, bv, norm,
                               inv, hv);
-            gate_of<T, true, SQUARED, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
+            if (squared)
+                gate_of<T, true, true, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
+            else
+                gate_of<T, true, false, 3>(hv, scale + ch, shift + ch, C, n, eps2, n2, ginv, gate);
             DH_UNROLL for (int b = 0; b < 4; ++b) gv[b] = load(grad + b * out_stride + r * C + ch, n);
             const V e[2] = {gv[0] * hv[0], gv[1] * hv[1] + gv[2] * hv[2] + gv[3] * hv[3]};
             DH_UNROLL for (int b = 0; b < 7; ++b) store(w_h + b * C + ch, hv[b], n);
@@ -507,7 +517,7 @@ DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, con
                 store(w_inv + g * C + ch, ginv[g], n);
                 store(w_gate + g * C + ch, gate[g], n);
             }
-            if (LN) {
+            if (ln) {
                 const V m = vsqrt<T>(z2);
                 store(w_m + ch, m, n);
                 store(w_d + ch, d, n);
@@ -516,16 +526,16 @@ DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, con
             }
         });
         // as in gate_norm_backward: dL/dz_b = gy_b f + z_b coef / m, f = ln_scale rr
-        const T rr = LN ? T(1) / (lane_sum<T>(msum) / T(C) + eps) : T(1);
-        const T coef = LN ? -rr * rr * lane_sum<T>(dsum) / T(C) : T(0);
+        const T rr = ln ? T(1) / (lane_sum<T>(msum) / T(C) + eps) : T(1);
+        const T coef = ln ? -rr * rr * lane_sum<T>(dsum) / T(C) : T(0);
         over_packs<T>(C, [&](int64_t ch, auto n) DH_LAMBDA {
             const int64_t at = r * ld + ch;
             V gv[4], hv[7], gh[8], f1[3], f2[3], dinv0 = {};
             DH_UNROLL for (int b = 0; b < 4; ++b) gv[b] = load(grad + b * out_stride + r * C + ch, n);
             DH_UNROLL for (int b = 0; b < 7; ++b) hv[b] = load(w_h + b * C + ch, n);
-            const V f = LN ? load(ln_scale + ch, n) * rr : V{} + T(1);
-            const V coef_m = LN ? coef / load(w_m + ch, n) : V{};
-            if (LN) store(grad_ln + ch, load(grad_ln + ch, n) + load(w_d + ch, n) * rr, n);
+            const V f = ln ? load(ln_scale + ch, n) * rr : V{} + T(1);
+            const V coef_m = ln ? coef / load(w_m + ch, n) : V{};
+            if (ln) store(grad_ln + ch, load(grad_ln + ch, n) + load(w_d + ch, n) * rr, n);
             DH_UNROLL for (int g = 0; g < 3; ++g) {
                 const V gate = load(w_gate + g * C + ch, n), ginv = load(w_inv + g * C + ch, n);
                 V dz = gate * coef_m * load(w_n2 + g * C + ch, n);
@@ -539,7 +549,7 @@ DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, con
                 if (g == 0)
                     dinv0 = dinv;
                 else
-                    f2[g] += SQUARED ? T(2) * dinv : dinv / ginv;
+                    f2[g] += squared ? T(2) * dinv : dinv / ginv;
             }
             // the gradient of h (blade 7 has no terms), then the product's backward over the compact terms
             DH_UNROLL for (int b = 0; b < 7; ++b) {
@@ -593,7 +603,9 @@ DH_INLINE void compact_layer_backward(const T* grad, const T* a, const T* x, con
                 store(grad_s + g * C + ch, load(grad_s + g * C + ch, n) - u[g] * (norm[g] - T(1)), n);
                 u[g] *= load(s + g * C + ch, n) / norm[g];
             }
-            DH_UNROLL for (int b = 0; b < 4; ++b) store(grad_x + b * in_stride + at, gb[b] * inv[GRADE[b]] - xv[b] * u[GRADE[b]], n);
+            DH_UNROLL for (int b = 0; b < 4; ++b) {
+                store(grad_x + b * in_stride + at, gb[b] * inv[GRADE[b]] - xv[b] * u[GRADE[b]], n);
+            }
         });
     }
 }
@@ -677,17 +689,18 @@ DH_INLINE V dot_pack(const T* a, const T* b, int64_t n_total) {
 }
 
 // ``work``: (12 + 4 + 6) H scratch values per call.
-template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+template <typename T, typename V = typename Lanes<T>::V>
 DH_INLINE void compact_mlp_forward(const T* vec, const T* sca, const MLPShape<T>& d, const MLPParams<T>& m,
                                    const T* scale, const T* shift, const T* ln_scale, const T* last_w,
-                                   const T* last_b, T* out_v, T* out_s, int64_t rows, T eps) {
+                                   const T* last_b, T* out_v, T* out_s, int64_t rows, T eps, bool ln,
+                                   bool squared) {
     const int64_t H = d.H, ld = 3 * H;
     std::vector<T> scratch(22 * H);
     T *p = scratch.data(), *h = p + 4 * ld, *work = h + 4 * H;
     for (int64_t r = 0; r < rows; ++r) {
         input_maps<T>(vec + r * d.Cv * 3, sca + r * d.S, d, m, p);
-        compact_layer_forward<T, LN, SQUARED>(p, p + H, p + 2 * H, m.pw.data(), m.sg.data(), scale, shift, ln_scale,
-                                              h, work, ld, ld, H, 1, H, eps);
+        compact_layer_forward<T>(p, p + H, p + 2 * H, m.pw.data(), m.sg.data(), scale, shift, ln_scale,
+                                              h, work, ld, ld, H, 1, H, eps, ln, squared);
         // the read: dot products over the hidden channels (nv and ns are too few to fill packs)
         for (int64_t j = 0; j < d.ns; ++j)
             out_s[r * d.ns + j] = last_b[d.nv + j] + lane_sum<T>(dot_pack<T>(h, m.last0t.data() + j * H, H));
@@ -704,19 +717,27 @@ struct MLPGrads {
     T *maps[3], *right_b, *skip_b, *path_w, *norm_gate, *scale, *shift, *ln_scale, *last_w, *last_b;
 };
 
-// The backward of compact_mlp_forward from grad_v [rows, nv, 3] and grad_s [rows, ns]: grad_vec and grad_sca written
-// (each may be null: not wanted), the parameter gradients accumulated into g.
-template <typename T, bool LN, bool SQUARED, typename V = typename Lanes<T>::V>
+// The backward of compact_mlp_forward from grad_v [rows, nv, 3] and grad_s [rows, ns]: grad_vec and grad_sca (each
+// may be null: not wanted) and the parameter gradients g written.
+template <typename T, typename V = typename Lanes<T>::V>
 DH_INLINE void compact_mlp_backward(const T* grad_v, const T* grad_s, const T* vec, const T* sca,
                                     const MLPShape<T>& d, const MLPParams<T>& m, const T* scale, const T* shift,
                                     const T* ln_scale, T* grad_vec, T* grad_sca, const MLPGrads<T>& g,
-                                    int64_t rows, T eps) {
+                                    int64_t rows, T eps, bool ln, bool squared) {
     const int64_t H = d.H, ld = 3 * H, in = d.in();
     // per row: p, gp [4, 3 H]; h, gh [4, H]; the layer's work (20 H); grad_v by component [3, nv]
     std::vector<T> scratch(8 * ld + 8 * H + 20 * H + 3 * d.nv);
     T *p = scratch.data(), *gp = p + 4 * ld, *h = gp + 4 * ld, *gh = h + 4 * H, *work = gh + 4 * H,
       *gvk = work + 20 * H;
-    // accumulated over the rows, unpacked into g at the end
+    // g is written: zeroed here, accumulated over the rows (some parts unpacked from acc at the end)
+    for (T* t : g.maps) std::fill_n(t, 4 * in * H, T(0));
+    for (T* t : {g.right_b, g.skip_b, g.ln_scale}) {
+        if (t) std::fill_n(t, H, T(0));
+    }
+    for (T* t : {g.norm_gate, g.scale, g.shift}) std::fill_n(t, 4 * H, T(0));
+    std::fill_n(g.path_w, NPATH * H, T(0));
+    std::fill_n(g.last_w, 4 * H * d.O, T(0));
+    std::fill_n(g.last_b, d.O, T(0));
     std::vector<T> acc(d.S * ld + d.Cv * ld + ld + NPATH * H + 4 * H + (d.ns + d.nv) * H, T(0));
     T *gw0 = acc.data(), *gw1 = gw0 + d.S * ld, *gbias = gw1 + d.Cv * ld, *gpw = gbias + ld, *gsg = gpw + NPATH * H,
       *gl0t = gsg + 4 * H, *gl1t = gl0t + d.ns * H;  // the last map's read columns, transposed as m.last0t, last1t
@@ -737,9 +758,9 @@ DH_INLINE void compact_mlp_backward(const T* grad_v, const T* grad_s, const T* v
 
         });
         input_maps<T>(vr, sr, d, m, p);
-        compact_layer_backward<T, LN, SQUARED>(gh, p, p + H, p + 2 * H, m.pw.data(), m.sg.data(), scale, shift,
+        compact_layer_backward<T>(gh, p, p + H, p + 2 * H, m.pw.data(), m.sg.data(), scale, shift,
                                                ln_scale, gp, gp + H, gp + 2 * H, h, gpw, gsg, g.scale, g.shift,
-                                               g.ln_scale, work, ld, ld, H, 1, H, eps);
+                                               g.ln_scale, work, ld, ld, H, 1, H, eps, ln, squared);
         // the last map's gradients, over packs of hidden channels
         over_packs<T>(H, [&](int64_t i, auto n) DH_LAMBDA {
             const V h0 = load(h + i, n), h1 = load(h + H + i, n), h2 = load(h + 2 * H + i, n),
@@ -768,7 +789,8 @@ DH_INLINE void compact_mlp_backward(const T* grad_v, const T* grad_s, const T* v
         if (grad_vec)
             for (int64_t c = 0; c < d.Cv; ++c)
                 DH_UNROLL for (int k = 0; k < 3; ++k)
-                    grad_vec[(r * d.Cv + c) * 3 + k] = lane_sum<T>(dot_pack<T>(gp + (1 + k) * ld, m.w1.data() + c * ld, ld));
+                    grad_vec[(r * d.Cv + c) * 3 + k] =
+                        lane_sum<T>(dot_pack<T>(gp + (1 + k) * ld, m.w1.data() + c * ld, ld));
     }
     const T half = T(1) / std::sqrt(T(2));
     for (int part = 0; part < 3; ++part) {
@@ -834,15 +856,6 @@ DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, cons
 
 }  // namespace
 
-// The (layer norm, squared invariant) cases of flags (2 layer norm, 4 squared-norm invariant) as template arguments.
-#define DH_MLP_CASES(T, FN, ...)                                                                                       \
-    switch (call.flags) {                                                                                           \
-        case 2: return FN<T, true, false>(__VA_ARGS__);                                                             \
-        case 6: return FN<T, true, true>(__VA_ARGS__);                                                              \
-        case 0: return FN<T, false, false>(__VA_ARGS__);                                                            \
-        case 4: return FN<T, false, true>(__VA_ARGS__);                                                             \
-    }
-
 // The exported symbols, one per dtype (f32, f64), called through ctypes (native.py). flags: 1 gated, 2 layer norm,
 // 4 squared-norm invariant.
 #define DH_EXPORT(T, SUFFIX)                                                                                        \
@@ -877,8 +890,8 @@ DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, cons
         const T* shift, const T* ln_scale, const T* last_w, const T* last_b, T* out_v, T* out_s, int64_t rows,      \
         double eps) {                                                                                                \
         const MLPCall<T> call(flags, dims, left_w, right_w, right_b, skip_w, skip_b, path_w, norm_gate, last_w);    \
-        DH_MLP_CASES(T, compact_mlp_forward, vec, sca, call.d, call.m, scale, shift, ln_scale, last_w, last_b, out_v,   \
-                     out_s, rows, T(eps))                                                                            \
+        compact_mlp_forward<T>(vec, sca, call.d, call.m, scale, shift, ln_scale, last_w, last_b, out_v, out_s, rows, \
+                               T(eps), call.flags & 2, call.flags & 4);                                              \
     }                                                                                                                \
     extern "C" DH_CLONES void compact_mlp_backward_##SUFFIX(                                                       \
         int flags, const int64_t* dims, const T* grad_v, const T* grad_s, const T* vec, const T* sca,               \
@@ -890,8 +903,8 @@ DH_INLINE void gate_norm_backward_any(int flags, const T* grad, const T* h, cons
         const MLPCall<T> call(flags, dims, left_w, right_w, right_b, skip_w, skip_b, path_w, norm_gate, last_w);    \
         const MLPGrads<T> g{{g_left_w, g_right_w, g_skip_w}, g_right_b, g_skip_b, g_path_w, g_norm_gate, g_scale,    \
                             g_shift, g_ln_scale, g_last_w, g_last_b};                                                \
-        DH_MLP_CASES(T, compact_mlp_backward, grad_v, grad_s, vec, sca, call.d, call.m, scale, shift, ln_scale,         \
-                     grad_vec, grad_sca, g, rows, T(eps))                                                            \
+        compact_mlp_backward<T>(grad_v, grad_s, vec, sca, call.d, call.m, scale, shift, ln_scale, grad_vec,          \
+                                grad_sca, g, rows, T(eps), call.flags & 2, call.flags & 4);                          \
     }
 
 DH_EXPORT(float, f32)

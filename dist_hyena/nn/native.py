@@ -252,7 +252,7 @@ def compact_mlp_backward(grad_v, grad_s, vectors, scalars, read, params, squared
     (cv, width), (nv, ns) = (vectors.shape[-2], scalars.shape[-1]), read
     grad_vec, grad_sca = (torch.empty_like(t) if need else None
                           for t, need in zip((vectors, scalars), need_inputs, strict=True))
-    grads = [None if t is None else torch.zeros_like(t) for t in params]
+    grads = [None if t is None else torch.empty_like(t) for t in params]  # written by the kernel
     fn, flags, dims, rows = _mlp_call("compact_mlp_backward", vectors, scalars, read, params, squared)
     _over_rows(rows, params[5].shape[1], lambda r0, r1, acc: fn(
         flags, dims, _ptr(grad_v, r0, 3 * nv), _ptr(grad_s, r0, ns), _ptr(vectors, r0, 3 * cv),
