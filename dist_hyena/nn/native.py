@@ -3,7 +3,7 @@
 On CPU tensors the eager passes are bound by per-op overhead and memory traffic (the product's backward alone is
 about ten passes over ``[64, rows, C]`` buffers); the compiled loops keep the blades of a pack of channels in
 registers and make one pass. The build needs only a C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``),
-takes a few seconds, and is cached by the hash of the source, the flags and the compiler in
+takes ~30 s, and is cached by the hash of the source, the flags and the compiler in
 ``$DIST_HYENA_CACHE`` (default ``~/.cache/dist_hyena``): ranks that build at once each write their own file and
 rename it into place. Without a compiler, or with ``DIST_HYENA_NATIVE=0``, the layers run the eager passes (a
 warning says why, once); ``DIST_HYENA_NATIVE=1`` makes a failed build an error. GPUs always run the eager passes.
@@ -77,7 +77,7 @@ def build() -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[dist_hyena] compiling the Clifford layers' CPU kernels into {target} (once per machine, ~10 s)",
+    print(f"[dist_hyena] compiling the Clifford layers' CPU kernels into {target} (once per machine, ~30 s)",
           file=sys.stderr, flush=True)
     fd, partial = tempfile.mkstemp(prefix=target.stem + ".", suffix=".partial", dir=target.parent)
     os.close(fd)
