@@ -87,6 +87,7 @@ TABLES: dict[str, tuple[str | tuple[str, ...], Callable[..., str]]] = {
     "step_efficiency": ("step_efficiency.json", _from("step_efficiency", "summary")),
     "step_efficiency.native": ("step_native/step_efficiency.json", _from("step_efficiency", "summary")),
     "step_efficiency.compact": ("step_compact/step_efficiency.json", _from("step_efficiency", "summary")),
+    "step_efficiency.fused_mlp": ("step_fused_mlp/step_efficiency.json", _from("step_efficiency", "summary")),
     "geometric_product": ("geometric_product.json", _from("geometric_product", "rows")),
     "step_before_after": (tuple(f"step_before_after/{tree}_round{i}.json" for tree in ("before_334a46c", "after")
                                 for i in (1, 2)), _from("longest_context", "before_after")),

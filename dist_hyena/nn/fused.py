@@ -265,8 +265,9 @@ class CompactMLP(torch.autograd.Function):
     separate tensor op; backward recomputes the row's intermediates from the input and keeps nothing else.
 
     Arguments: ``vectors [..., Cv, 3]``, ``scalars [..., S]`` (any leading dims: the rows), ``read = (n_vectors,
-    n_scalars)``, ``squared`` (the gate's invariant), then the parameters: left weight, right weight and bias, skip weight and bias, path weights,
-    norm gate, gate scale and shift, layer-norm scale (or None), last weight and bias."""
+    n_scalars)``, ``squared`` (the gate's invariant), then the parameters: left weight, right weight and bias, skip
+    weight and bias, path weights, norm gate, gate scale and shift, layer-norm scale (or None), last weight and
+    bias."""
 
     @staticmethod
     def forward(ctx, vectors, scalars, read, squared, *params):

@@ -665,18 +665,30 @@ struct MLPParams {
     }
 };
 
+// sum_j x[j * xs] w[j * ws] for one pack of output channels (w points at it), j < count: a row of a small matrix
+// product, as four independent chains of multiply-adds (one chain waits for each add in turn).
+template <typename T, typename N, typename V = typename Lanes<T>::V>
+DH_INLINE V weighted_sum(const T* x, int64_t xs, const T* w, int64_t ws, int64_t count, N n, V acc = V{}) {
+    V a1 = {}, a2 = {}, a3 = {};
+    int64_t j = 0;
+    for (; j + 4 <= count; j += 4) {
+        acc += x[j * xs] * load(w + j * ws, n);
+        a1 += x[(j + 1) * xs] * load(w + (j + 1) * ws, n);
+        a2 += x[(j + 2) * xs] * load(w + (j + 2) * ws, n);
+        a3 += x[(j + 3) * xs] * load(w + (j + 3) * ws, n);
+    }
+    for (; j < count; ++j) acc += x[j * xs] * load(w + j * ws, n);
+    return (acc + a1) + (a2 + a3);
+}
+
 // One row's packed operands p [4, 3 H]: blade 0 = bias + sca w0, blades 1-3 = vec's components through w1.
 template <typename T, typename V = typename Lanes<T>::V>
 DH_INLINE void input_maps(const T* vec, const T* sca, const MLPShape<T>& d, const MLPParams<T>& m, T* p) {
     const int64_t ld = 3 * d.H;
     over_packs<T>(ld, [&](int64_t o, auto n) DH_LAMBDA {
-        V acc = load(m.bias.data() + o, n);
-        for (int64_t i = 0; i < d.S; ++i) acc += sca[i] * load(m.w0.data() + i * ld + o, n);
-        store(p + o, acc, n);
+        store(p + o, weighted_sum<T>(sca, 1, m.w0.data() + o, ld, d.S, n, load(m.bias.data() + o, n)), n);
         DH_UNROLL for (int k = 0; k < 3; ++k) {
-            V v = {};
-            for (int64_t c = 0; c < d.Cv; ++c) v += vec[c * 3 + k] * load(m.w1.data() + c * ld + o, n);
-            store(p + (1 + k) * ld + o, v, n);
+            store(p + (1 + k) * ld + o, weighted_sum<T>(vec + k, 3, m.w1.data() + o, ld, d.Cv, n), n);
         }
     });
 }
@@ -747,15 +759,10 @@ DH_INLINE void compact_mlp_backward(const T* grad_v, const T* grad_s, const T* v
             for (int k = 0; k < 3; ++k) gvk[k * d.nv + c] = grad_v[(r * d.nv + c) * 3 + k];
         // the read's backward: the gradient of the layer's blades 0-3
         over_packs<T>(H, [&](int64_t i, auto n) DH_LAMBDA {
-            V a0 = {};
-            for (int64_t j = 0; j < d.ns; ++j) a0 += gs[j] * load(m.last0t.data() + j * H + i, n);
-            store(gh + i, a0, n);
+            store(gh + i, weighted_sum<T>(gs, 1, m.last0t.data() + i, H, d.ns, n), n);
             DH_UNROLL for (int k = 0; k < 3; ++k) {
-                V a = {};
-                for (int64_t c = 0; c < d.nv; ++c) a += gvk[k * d.nv + c] * load(m.last1t.data() + c * H + i, n);
-                store(gh + (1 + k) * H + i, a, n);
+                store(gh + (1 + k) * H + i, weighted_sum<T>(gvk + k * d.nv, 1, m.last1t.data() + i, H, d.nv, n), n);
             }
-
         });
         input_maps<T>(vr, sr, d, m, p);
         compact_layer_backward<T>(gh, p, p + H, p + 2 * H, m.pw.data(), m.sg.data(), scale, shift,
