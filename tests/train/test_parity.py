@@ -42,7 +42,10 @@ def _run_config(stage: int, sp: int, ds_dir: str):
     ds = load_config(None, [f"train.deepspeed=deepspeed/zero{stage}.json"]).train.deepspeed
     Path(ds_dir).mkdir(parents=True, exist_ok=True)
     path = Path(ds_dir) / f"zero{stage}_noclip.json"
-    path.write_text(json.dumps({**json.loads(Path(ds).read_text()), "gradient_clipping": 0.0}))
+    config = {**json.loads(Path(ds).read_text()), "gradient_clipping": 0.0}
+    if stage == 3:  # partition every parameter (by default ZeRO-3 keeps parameters under 1e5 elements whole)
+        config["zero_optimization"] = {**config["zero_optimization"], "stage3_param_persistence_threshold": 0}
+    path.write_text(json.dumps(config))
     return load_config(None, [f"run.seed={SEED}", "optim.name=sgd", f"optim.lr={LR}", "optim.weight_decay=0.0",
                               "optim.schedule=constant", "optim.warmup_steps=0", f"parallel.sp={sp}",
                               f"train.batch_size={BATCH}", f"train.deepspeed={path}"])
